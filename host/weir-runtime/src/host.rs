@@ -1,0 +1,312 @@
+//! Per-store host state and the host side of every `weir:host` interface.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::types::{Error as GuestError, Param, Price};
+use crate::bindings::{clock, config, log, media, models, payments, storage, transcode};
+use crate::limits::Limiter;
+use crate::media::{read_range, Blob, Segment};
+
+/// Longest guest log message kept, in bytes.
+const MAX_LOG_BYTES: usize = 4096;
+
+/// The ledger as policies see it (read-only). The payments crate implements it; a node without
+/// a ledger uses [`NoLedger`].
+pub trait PaymentsSource: Send + Sync {
+    /// Credit `sender` holds for `capability`, in base units.
+    fn balance(&self, sender: &str, capability: &str) -> Result<i64, GuestError>;
+    /// Spent with / earned from `counterparty` for a capability and model, in base units.
+    fn spent(&self, counterparty: &str, capability: &str, model: &str) -> Result<u64, GuestError>;
+    /// The current price for a capability and model with `counterparty`.
+    fn current_price(
+        &self,
+        counterparty: &str,
+        capability: &str,
+        model: &str,
+    ) -> Result<Price, GuestError>;
+}
+
+/// The payments source of a node that has no ledger: every query says so.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoLedger;
+
+impl NoLedger {
+    fn unsupported<T>() -> Result<T, GuestError> {
+        Err(GuestError::Unsupported(
+            "payments: this node has no payment ledger configured".to_owned(),
+        ))
+    }
+}
+
+impl PaymentsSource for NoLedger {
+    fn balance(&self, _: &str, _: &str) -> Result<i64, GuestError> {
+        Self::unsupported()
+    }
+    fn spent(&self, _: &str, _: &str, _: &str) -> Result<u64, GuestError> {
+        Self::unsupported()
+    }
+    fn current_price(&self, _: &str, _: &str, _: &str) -> Result<Price, GuestError> {
+        Self::unsupported()
+    }
+}
+
+/// What every store of one component version shares.
+#[derive(Clone)]
+pub(crate) struct ComponentScope {
+    /// Component name, for logs.
+    pub name: Arc<str>,
+    /// The manifest's `[config]` table.
+    pub config: Arc<BTreeMap<String, String>>,
+    /// Ledger view.
+    pub payments: Arc<dyn PaymentsSource>,
+}
+
+/// The data of one wasmtime store: one live instance of a component.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) scope: ComponentScope,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    /// Move a host blob into this store's table, as a handle for the guest.
+    pub(crate) fn push_blob(&mut self, blob: Blob) -> wasmtime::Result<Resource<Blob>> {
+        Ok(self.table.push(blob)?)
+    }
+
+    /// Move a host segment into this store's table, as a handle for the guest.
+    pub(crate) fn push_segment(&mut self, segment: Segment) -> wasmtime::Result<Resource<Segment>> {
+        Ok(self.table.push(segment)?)
+    }
+
+    /// Take a blob the guest handed back.
+    pub(crate) fn take_blob(&mut self, handle: Resource<Blob>) -> wasmtime::Result<Blob> {
+        Ok(self.table.delete(handle)?)
+    }
+
+    /// Take a segment the guest handed back.
+    pub(crate) fn take_segment(&mut self, handle: Resource<Segment>) -> wasmtime::Result<Segment> {
+        Ok(self.table.delete(handle)?)
+    }
+}
+
+fn unsupported<T>(what: &str) -> wasmtime::Result<Result<T, GuestError>> {
+    Ok(Err(GuestError::Unsupported(format!(
+        "{what} is not available on this node yet"
+    ))))
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let mut message = message;
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("…");
+        }
+        let component = &*self.scope.name;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "weir::guest", component, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "weir::guest", component, "{message}"),
+            log::Level::Info => tracing::info!(target: "weir::guest", component, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "weir::guest", component, "{message}"),
+            log::Level::Error => tracing::error!(target: "weir::guest", component, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.scope.config.get(&key).cloned())
+    }
+
+    fn get_all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self
+            .scope
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl clock::Host for HostState {
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
+        Ok(u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+impl payments::Host for HostState {
+    fn balance(
+        &mut self,
+        sender: String,
+        capability: String,
+    ) -> wasmtime::Result<Result<i64, GuestError>> {
+        Ok(self.scope.payments.balance(&sender, &capability))
+    }
+
+    fn spent(
+        &mut self,
+        counterparty: String,
+        capability: String,
+        model: String,
+    ) -> wasmtime::Result<Result<u64, GuestError>> {
+        Ok(self
+            .scope
+            .payments
+            .spent(&counterparty, &capability, &model))
+    }
+
+    fn current_price(
+        &mut self,
+        counterparty: String,
+        capability: String,
+        model: String,
+    ) -> wasmtime::Result<Result<Price, GuestError>> {
+        Ok(self
+            .scope
+            .payments
+            .current_price(&counterparty, &capability, &model))
+    }
+}
+
+impl media::Host for HostState {}
+
+impl crate::bindings::types::Host for HostState {}
+
+impl media::HostBlob for HostState {
+    fn new(&mut self, content_type: String, data: Vec<u8>) -> wasmtime::Result<Resource<Blob>> {
+        self.push_blob(Blob {
+            content_type,
+            data: data.into(),
+        })
+    }
+
+    fn content_type(&mut self, this: Resource<Blob>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.content_type.clone())
+    }
+
+    fn len(&mut self, this: Resource<Blob>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.data.len() as u64)
+    }
+
+    fn read(
+        &mut self,
+        this: Resource<Blob>,
+        offset: u64,
+        max: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, GuestError>> {
+        Ok(Ok(read_range(&self.table.get(&this)?.data, offset, max)))
+    }
+
+    fn drop(&mut self, rep: Resource<Blob>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl media::HostSegment for HostState {
+    fn seq(&mut self, this: Resource<Segment>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.seq)
+    }
+
+    fn duration_ms(&mut self, this: Resource<Segment>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&this)?.duration_ms)
+    }
+
+    fn content_type(&mut self, this: Resource<Segment>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&this)?.content_type.clone())
+    }
+
+    fn len(&mut self, this: Resource<Segment>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&this)?.data.len() as u64)
+    }
+
+    fn read(
+        &mut self,
+        this: Resource<Segment>,
+        offset: u64,
+        max: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, GuestError>> {
+        Ok(Ok(read_range(&self.table.get(&this)?.data, offset, max)))
+    }
+
+    fn probe(
+        &mut self,
+        _this: Resource<Segment>,
+    ) -> wasmtime::Result<Result<media::VideoInfo, GuestError>> {
+        unsupported("media probing (FFmpeg)")
+    }
+
+    fn drop(&mut self, rep: Resource<Segment>) -> wasmtime::Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl transcode::Host for HostState {
+    fn ladder(
+        &mut self,
+        _source: Resource<Segment>,
+        _renditions: Vec<transcode::Rendition>,
+    ) -> wasmtime::Result<Result<Vec<Resource<Segment>>, GuestError>> {
+        unsupported("transcoding (FFmpeg ladder)")
+    }
+}
+
+impl models::Host for HostState {
+    fn invoke(
+        &mut self,
+        capability: String,
+        model_id: String,
+        _params: Vec<Param>,
+        _inputs: Vec<Resource<Blob>>,
+    ) -> wasmtime::Result<Result<models::ModelOutput, GuestError>> {
+        unsupported(&format!("model runner for `{capability}` / `{model_id}`"))
+    }
+}
+
+impl storage::Host for HostState {
+    fn put(
+        &mut self,
+        _key: String,
+        _data: Resource<Blob>,
+    ) -> wasmtime::Result<Result<String, GuestError>> {
+        unsupported("object storage for components")
+    }
+
+    fn get(&mut self, _key: String) -> wasmtime::Result<Result<Resource<Blob>, GuestError>> {
+        unsupported("object storage for components")
+    }
+}

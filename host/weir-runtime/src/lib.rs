@@ -1,0 +1,48 @@
+//! Weir's WebAssembly component runtime.
+//!
+//! - [`bindings`]: the Rust side of the `wit/` contract (the only `bindgen!` in Weir).
+//! - [`Runtime`]: one wasmtime engine with the pooling allocator, one linker per world,
+//!   an epoch ticker for call deadlines and a compiled-code cache on disk.
+//! - [`LoadedComponent`]: a component version checked against its world, with warm instances
+//!   and typed calls (`select`, `quote`, `run`, streams); traps, timeouts and out-of-memory
+//!   become [`CallFailure`]s, never crashes.
+//! - [`Registry`]: components in a directory, hot-reloaded when files change.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use weir_runtime::{NoLedger, Registry, Runtime, RuntimeConfig, RuntimeMetrics};
+//! let metrics = RuntimeMetrics::new(&prometheus::Registry::new())?;
+//! let runtime = Runtime::new(RuntimeConfig::default(), Arc::new(NoLedger), metrics)?;
+//! let registry = Registry::new(runtime, std::path::Path::new("components"))?;
+//! let report = registry.scan();
+//! println!("loaded {:?}, failed {:?}", report.loaded, report.failed);
+//! # Ok(()) }
+//! ```
+
+pub mod bindings;
+mod cache;
+mod component;
+mod engine;
+mod error;
+mod host;
+mod inspect;
+mod limits;
+mod manifest;
+pub mod media;
+mod metrics;
+mod registry;
+
+pub use bindings::pipeline::exports::weir::host::pipeline_handler::StreamInfo;
+pub use bindings::pricing::exports::weir::host::quoting::{QuoteContext, Role};
+pub use bindings::types::{
+    Candidate, Error as GuestError, JobRequest, OutputSize, Param, ParamValue, Price,
+};
+pub use component::{LoadedComponent, PipelineStream};
+pub use engine::{Runtime, RuntimeConfig, MAX_WASM_BYTES};
+pub use error::{describe_guest_error, CallFailure, RuntimeError};
+pub use host::{NoLedger, PaymentsSource};
+pub use inspect::{Inspection, WorldCheck};
+pub use manifest::{DirGrant, InstanceMode, Limits, Manifest, Permissions, WorldKind};
+pub use metrics::RuntimeMetrics;
+pub use registry::{LoadStatus, Registry, ScanReport, WatchGuard};

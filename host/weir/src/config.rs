@@ -1,0 +1,275 @@
+//! `weir.toml`, overridden by flags and environment variables. Unknown keys are an error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// `[node]`: addresses, directories, admin access, logs.
+    pub node: NodeSection,
+    /// `[runtime]`: the component runtime.
+    pub runtime: RuntimeSection,
+    /// `[policies]`: which components make decisions.
+    pub policies: PoliciesSection,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// HTTP listen address (port 0 picks a free port).
+    pub http_addr: Option<SocketAddr>,
+    /// Where the node keeps its state.
+    pub data_dir: Option<PathBuf>,
+    /// The component registry directory (default `<data_dir>/components`).
+    pub components_dir: Option<PathBuf>,
+    /// Bearer token for `/admin` (default: generated into `<data_dir>/admin-token`).
+    pub admin_token: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Count instructions so manifests' `limits.fuel` applies.
+    pub fuel: Option<bool>,
+    /// Deadline resolution in milliseconds.
+    pub epoch_tick_ms: Option<u64>,
+    /// Cache compiled code under `<data_dir>/cache`.
+    pub cache: Option<bool>,
+    /// Debounce of the components-directory watcher, in milliseconds.
+    pub reload_debounce_ms: Option<u64>,
+}
+
+/// `[policies]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesSection {
+    /// Router component name.
+    pub router: Option<String>,
+    /// Pricing component name.
+    pub pricing: Option<String>,
+}
+
+/// Values from flags or the environment; each one wins over the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Configuration file (TOML).
+    #[arg(long, env = "WEIR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the node keeps its state.
+    #[arg(long, env = "WEIR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address, HOST:PORT (port 0 picks a free port).
+    #[arg(long, alias = "httpAddr", env = "WEIR_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Component registry directory.
+    #[arg(long, env = "WEIR_COMPONENTS_DIR")]
+    pub components_dir: Option<PathBuf>,
+    /// Bearer token for the admin API.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "WEIR_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The effective settings of a node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Component registry directory.
+    pub components_dir: PathBuf,
+    /// Admin token, when configured (else one is generated).
+    pub admin_token: Option<String>,
+    /// Emit JSON logs.
+    pub json_logs: bool,
+    /// Fuel metering on.
+    pub fuel: bool,
+    /// Epoch tick in milliseconds.
+    pub epoch_tick_ms: u64,
+    /// Compiled-code cache on.
+    pub cache: bool,
+    /// Watcher debounce in milliseconds.
+    pub reload_debounce_ms: u64,
+    /// Router component.
+    pub router: String,
+    /// Pricing component.
+    pub pricing: String,
+}
+
+/// Default HTTP address of a node.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8935";
+
+/// A configuration problem, with the key or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid (syntax, unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    /// Parse configuration text; `path` is named in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Read and parse `path`.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        FileConfig::parse(&text, path)
+    }
+}
+
+impl NodeConfig {
+    /// Merge defaults, the file named by `--config` (if any) and the overrides.
+    pub fn resolve(overrides: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let file = match &overrides.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        NodeConfig::merge(file, overrides)
+    }
+
+    /// Merge a parsed file with overrides.
+    pub fn merge(file: FileConfig, o: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let data_dir = o
+            .data_dir
+            .clone()
+            .or(file.node.data_dir)
+            .unwrap_or_else(|| PathBuf::from("weir-data"));
+        let components_dir = o
+            .components_dir
+            .clone()
+            .or(file.node.components_dir)
+            .unwrap_or_else(|| data_dir.join("components"));
+        let http_addr = match o.http_addr.or(file.node.http_addr) {
+            Some(a) => a,
+            None => DEFAULT_HTTP_ADDR
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("default http address: {e}")))?,
+        };
+        let log_format = o
+            .log_format
+            .clone()
+            .or(file.node.log_format)
+            .unwrap_or_else(|| "text".into());
+        let json_logs = match log_format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "log_format `{other}` must be `text` or `json`"
+                )))
+            }
+        };
+        let admin_token = o.admin_token.clone().or(file.node.admin_token);
+        if let Some(t) = &admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "admin_token must be at least 16 characters".into(),
+                ));
+            }
+        }
+        let epoch_tick_ms = file.runtime.epoch_tick_ms.unwrap_or(2);
+        if !(1..=100).contains(&epoch_tick_ms) {
+            return Err(ConfigError::Invalid(format!(
+                "runtime.epoch_tick_ms = {epoch_tick_ms} must be within 1..=100"
+            )));
+        }
+        let reload_debounce_ms = file.runtime.reload_debounce_ms.unwrap_or(20);
+        if reload_debounce_ms > 10_000 {
+            return Err(ConfigError::Invalid(
+                "runtime.reload_debounce_ms must be at most 10000".into(),
+            ));
+        }
+        Ok(NodeConfig {
+            http_addr,
+            data_dir,
+            components_dir,
+            admin_token,
+            json_logs,
+            fuel: file.runtime.fuel.unwrap_or(false),
+            epoch_tick_ms,
+            cache: file.runtime.cache.unwrap_or(true),
+            reload_debounce_ms,
+            router: file
+                .policies
+                .router
+                .unwrap_or_else(|| "default-router".into()),
+            pricing: file
+                .policies
+                .pricing
+                .unwrap_or_else(|| "default-pricing".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let file = FileConfig::parse(
+            "[node]\nhttp_addr = \"127.0.0.1:9000\"\ndata_dir = \"/var/weir\"\n[policies]\nrouter = \"mine\"\n",
+            Path::new("weir.toml"),
+        )
+        .expect("valid");
+        let o = Overrides {
+            http_addr: Some("127.0.0.1:0".parse().expect("addr")),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::merge(file, &o).expect("valid");
+        assert_eq!(c.http_addr.port(), 0);
+        assert_eq!(c.components_dir, PathBuf::from("/var/weir/components"));
+        assert_eq!(c.router, "mine");
+        assert_eq!(c.pricing, "default-pricing");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let err = FileConfig::parse("[node]\nhttp_adr = \"x\"\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("http_adr"), "{err}");
+        let err = FileConfig::parse("[nodes]\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("nodes"), "{err}");
+        let file = FileConfig::parse("[node]\nadmin_token = \"short\"\n", Path::new("w.toml"))
+            .expect("parses");
+        assert!(NodeConfig::merge(file, &Overrides::default()).is_err());
+        let file = FileConfig::parse("[runtime]\nepoch_tick_ms = 0\n", Path::new("w.toml"))
+            .expect("parses");
+        assert!(NodeConfig::merge(file, &Overrides::default()).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! A pipeline that echoes: batch jobs return their inputs with a byte count; streams pass each
+//! segment through and count control messages; `on-control` with `"count"` reports the count
+//! as an error (so tests can see instance state survive between calls).
+
+use std::cell::Cell;
+
+use weir_sdk::pipeline::{Error, Guest, Job, JobOutput, Param, ParamValue, Segment, StreamInfo};
+
+struct Echo;
+
+thread_local! {
+    static CONTROLS: Cell<i64> = const { Cell::new(0) };
+}
+
+impl Guest for Echo {
+    fn run(job: Job) -> Result<JobOutput, Error> {
+        let total: u64 = job.inputs.iter().map(|b| b.len()).sum();
+        let first = match job.inputs.first() {
+            Some(b) => b.read(0, 16)?,
+            None => Vec::new(),
+        };
+        Ok(JobOutput {
+            blobs: job.inputs,
+            params: vec![
+                Param {
+                    name: "bytes".into(),
+                    value: ParamValue::Integer(total as i64),
+                },
+                Param {
+                    name: "head".into(),
+                    value: ParamValue::Text(String::from_utf8_lossy(&first).into_owned()),
+                },
+                Param {
+                    name: "capability".into(),
+                    value: ParamValue::Text(job.request.capability),
+                },
+            ],
+        })
+    }
+
+    fn on_start(info: StreamInfo) -> Result<(), Error> {
+        weir_sdk::logging::info(&format!("stream {} started", info.id));
+        Ok(())
+    }
+
+    fn on_segment(segment: Segment) -> Result<Vec<Segment>, Error> {
+        if segment.len() == 0 {
+            return Err(Error::InvalidRequest(format!(
+                "segment {} is empty",
+                segment.seq()
+            )));
+        }
+        Ok(vec![segment])
+    }
+
+    fn on_control(message: String) -> Result<(), Error> {
+        CONTROLS.with(|c| c.set(c.get() + 1));
+        if message == "\"count\"" {
+            return Err(Error::Internal(format!(
+                "controls={}",
+                CONTROLS.with(|c| c.get())
+            )));
+        }
+        Ok(())
+    }
+
+    fn on_stop() {}
+}
+
+weir_sdk::pipeline::export_pipeline!(Echo);

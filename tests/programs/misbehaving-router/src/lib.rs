@@ -1,0 +1,54 @@
+//! A router that misbehaves on purpose, chosen by its `mode` config value:
+//! `ok` (ranks in input order), `loop` (never returns), `alloc` (allocates without bound),
+//! `trap` (panics), `garbage` (returns an out-of-range index), `error` (returns a guest error),
+//! `trap-once` (panics on the first call of each instance, then behaves).
+
+use std::cell::Cell;
+
+use weir_sdk::router::{Candidate, Error, Guest, JobRequest};
+
+struct Misbehaving;
+
+thread_local! {
+    static CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+impl Guest for Misbehaving {
+    fn select(request: JobRequest, candidates: Vec<Candidate>) -> Result<Vec<u32>, Error> {
+        let calls = CALLS.with(|c| {
+            c.set(c.get() + 1);
+            c.get()
+        });
+        let mode = weir_sdk::config::get("mode").unwrap_or_else(|| "ok".to_owned());
+        // A request id of the form `mode:X` overrides the configured mode.
+        let mode = request
+            .id
+            .strip_prefix("mode:")
+            .map(str::to_owned)
+            .unwrap_or(mode);
+        match mode.as_str() {
+            "ok" => Ok((0..candidates.len() as u32).collect()),
+            "loop" => {
+                let mut x: u64 = calls;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("misbehaving router: asked to trap"),
+            "trap-once" if calls == 1 => panic!("misbehaving router: first call traps"),
+            "trap-once" => Ok((0..candidates.len() as u32).collect()),
+            "garbage" => Ok(vec![candidates.len() as u32 + 7]),
+            "error" => Err(Error::InvalidRequest("asked to fail".to_owned())),
+            other => Err(Error::Config(format!("unknown mode {other}"))),
+        }
+    }
+}
+
+weir_sdk::router::export_router!(Misbehaving);
