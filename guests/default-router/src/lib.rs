@@ -32,7 +32,7 @@ impl Guest for DefaultRouter {
                 latency_ms: c.latency_ms,
                 success_bp: c.success_bp,
                 warm: !request.model.is_empty()
-                    && c.warm_models.iter().any(|m| *m == request.model),
+                    && c.warm_models.contains(&request.model),
                 capacity: c.capacity,
                 in_flight: c.in_flight,
             })

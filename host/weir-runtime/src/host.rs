@@ -120,7 +120,7 @@ impl log::Host for HostState {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("…");
+            message.push('…');
         }
         let component = &*self.scope.name;
         match level {

@@ -71,18 +71,9 @@ pub(crate) fn classify(err: &wasmtime::Error, timeout_ms: u32, memory_mib: u32) 
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallFailure::Timeout { timeout_ms },
         Some(Trap::OutOfFuel) => CallFailure::OutOfFuel,
-        _ => CallFailure::Trap(root_message(err)),
+        _ => {
+            tracing::debug!(error = ?err, "guest trap details");
+            CallFailure::Trap(err.root_cause().to_string())
+        }
     }
-}
-
-/// The error chain on one line, without the backtrace wasmtime appends.
-fn root_message(err: &wasmtime::Error) -> String {
-    let text = format!("{err:#}");
-    let first = text.split("\nwasm backtrace:").next().unwrap_or(&text);
-    first
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

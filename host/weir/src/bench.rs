@@ -171,7 +171,7 @@ fn native_decision(
             pixels_per_unit: c.price.pixels_per_unit,
             latency_ms: c.latency_ms,
             success_bp: c.success_bp,
-            warm: !req.model.is_empty() && c.warm_models.iter().any(|m| *m == req.model),
+            warm: !req.model.is_empty() && c.warm_models.contains(&req.model),
             capacity: c.capacity,
             in_flight: c.in_flight,
         })

@@ -1,7 +1,7 @@
 //! A router that misbehaves on purpose, chosen by its `mode` config value:
 //! `ok` (ranks in input order), `loop` (never returns), `alloc` (allocates without bound),
 //! `trap` (panics), `garbage` (returns an out-of-range index), `error` (returns a guest error),
-//! `trap-once` (panics on the first call of each instance, then behaves).
+//! `calls` (returns a guest error carrying this instance's call count).
 
 use std::cell::Cell;
 
@@ -42,8 +42,7 @@ impl Guest for Misbehaving {
                 }
             }
             "trap" => panic!("misbehaving router: asked to trap"),
-            "trap-once" if calls == 1 => panic!("misbehaving router: first call traps"),
-            "trap-once" => Ok((0..candidates.len() as u32).collect()),
+            "calls" => Err(Error::Internal(format!("calls={calls}"))),
             "garbage" => Ok(vec![candidates.len() as u32 + 7]),
             "error" => Err(Error::InvalidRequest("asked to fail".to_owned())),
             other => Err(Error::Config(format!("unknown mode {other}"))),

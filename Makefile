@@ -1,0 +1,113 @@
+# Weir: `make run` starts a combined node on the embedded defaults; `make test` runs every check.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+TOOLS        := .tools
+NODE_TOOLS   := $(TOOLS)/node
+PY_TOOLS     := $(TOOLS)/py
+COMPONENTIZE_JS_VERSION := 0.23.0
+COMPONENTIZE_PY_VERSION := 0.25.1
+BUILD        := build
+DATA_DIR     ?= weir-data
+HTTP_ADDR    ?= 127.0.0.1:8935
+WASM_TARGET  := wasm32-wasip2
+export WEIR_NODE_MODULES := $(CURDIR)/$(NODE_TOOLS)/node_modules
+export WEIR_COMPONENTIZE_PY := $(CURDIR)/$(PY_TOOLS)/bin/componentize-py
+
+GUESTS        := default-router default-pricing
+TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline
+WIT           := $(wildcard wit/*.wit)
+SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
+
+.PHONY: help run test test-unit lint fmt tools guests examples test-programs artifacts bench clean
+
+help:
+	@echo "make run    start a gateway+orchestrator node on $(HTTP_ADDR) with the default components"
+	@echo "make test   install tools, build every component, lint, run all tests"
+	@echo "make bench  weir bench policy (release build)"
+
+## Tools: installed once, project-locally, idempotently.
+tools: $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py
+
+$(TOOLS)/.rust-target:
+	@mkdir -p $(TOOLS)
+	rustup target add $(WASM_TARGET)
+	@touch $@
+
+$(TOOLS)/.node:
+	@mkdir -p $(NODE_TOOLS)
+	@test -f $(NODE_TOOLS)/package.json || echo '{"name":"weir-tools","private":true}' > $(NODE_TOOLS)/package.json
+	npm install --prefix $(NODE_TOOLS) --no-audit --no-fund --loglevel=error @bytecodealliance/componentize-js@$(COMPONENTIZE_JS_VERSION)
+	@touch $@
+
+$(TOOLS)/.py:
+	python3 -m venv $(PY_TOOLS)
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	@touch $@
+
+## First-party components: build/components/NAME.{wasm,toml}
+guests: $(foreach g,$(GUESTS),$(BUILD)/components/$(g).wasm $(BUILD)/components/$(g).toml)
+
+$(BUILD)/components/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildcard guests/*/src/*.rs guests/*/Cargo.toml) guests/Cargo.toml
+	cargo build --quiet --release --target $(WASM_TARGET) --manifest-path guests/Cargo.toml
+	@mkdir -p $(@D)
+	cp guests/target/$(WASM_TARGET)/release/$(subst -,_,$*).wasm $@
+
+$(BUILD)/components/%.toml: guests/%/%.toml
+	@mkdir -p $(@D)
+	cp $< $@
+
+## Examples in other languages: build/examples/NAME.{wasm,toml}
+examples: $(BUILD)/examples/pricing-surge-js.wasm $(BUILD)/examples/router-region-py.wasm
+
+$(BUILD)/examples/pricing-surge-js.wasm: $(TOOLS)/.node $(WIT) $(wildcard examples/pricing-surge-js/*) $(wildcard sdk/js/*)
+	examples/pricing-surge-js/build.sh $(BUILD)/examples
+
+$(BUILD)/examples/router-region-py.wasm: $(TOOLS)/.py $(WIT) $(wildcard examples/router-region-py/*.py examples/router-region-py/*.toml examples/router-region-py/*.sh) $(wildcard sdk/python/*)
+	examples/router-region-py/build.sh $(BUILD)/examples
+
+## Components the tests load on purpose (misbehaving ones included): build/test-programs/NAME.wasm
+test-programs: $(foreach p,$(TEST_PROGRAMS),$(BUILD)/test-programs/$(p).wasm)
+
+$(BUILD)/test-programs/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildcard tests/programs/*/src/*.rs tests/programs/*/Cargo.toml)
+	cargo build --quiet --release --target $(WASM_TARGET) --manifest-path tests/programs/Cargo.toml
+	@mkdir -p $(@D)
+	cp tests/programs/target/$(WASM_TARGET)/release/$(subst -,_,$*).wasm $@
+
+artifacts: guests examples test-programs
+
+## Lint: formatting and clippy on the host and on every wasm workspace.
+lint: $(TOOLS)/.rust-target
+	cargo fmt --all --check
+	cargo fmt --manifest-path guests/Cargo.toml --all --check
+	cargo fmt --manifest-path tests/programs/Cargo.toml --all --check
+	cargo fmt --manifest-path sdk/rust/Cargo.toml --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --manifest-path guests/Cargo.toml --workspace --target $(WASM_TARGET) --quiet -- -D warnings
+	cargo clippy --manifest-path tests/programs/Cargo.toml --workspace --target $(WASM_TARGET) --quiet -- -D warnings
+
+fmt:
+	cargo fmt --all
+	cargo fmt --manifest-path guests/Cargo.toml --all
+	cargo fmt --manifest-path tests/programs/Cargo.toml --all
+	cargo fmt --manifest-path sdk/rust/Cargo.toml
+
+## Tests: unit tests of the shared policy logic, then the host workspace (unit + integration).
+test: tools artifacts lint
+	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies
+	WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) cargo test --workspace
+
+## Run a combined node; default components are installed into the data dir unless already there.
+run: tools guests
+	cargo build --release --bin weir
+	@mkdir -p $(DATA_DIR)/components
+	@for f in $(BUILD)/components/*; do cp -n "$$f" $(DATA_DIR)/components/ || true; done
+	./target/release/weir node --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
+
+bench: tools guests examples
+	cargo build --release --bin weir
+	./target/release/weir bench policy --components $(BUILD)/components --examples $(BUILD)/examples
+
+clean:
+	rm -rf $(BUILD) target guests/target tests/programs/target

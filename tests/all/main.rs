@@ -1,0 +1,11 @@
+//! Weir's integration tests: one binary, several modules.
+//!
+//! They load real components built by `make artifacts` (found under `$WEIR_BUILD_DIR`, default
+//! `<repo>/build`) and start the real `weir` binary on port 0.
+
+mod cli;
+mod components;
+mod examples;
+mod hot_reload;
+mod node;
+mod support;

@@ -1,0 +1,306 @@
+//! The real `weir node` binary: health, readiness, metrics, the admin API, hot install/remove,
+//! bad uploads, and swaps while calls run over HTTP.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn route_body() -> serde_json::Value {
+    json!({
+        "request": {"id": "r1", "capability": "text-to-image", "model": "sdxl"},
+        "candidates": [
+            {"id": "a", "price": {"price_per_unit": 10, "pixels_per_unit": 1, "currency": "WEI"}, "latency_ms": 100},
+            {"id": "b", "price": {"price_per_unit": 5, "pixels_per_unit": 1, "currency": "WEI"}, "latency_ms": 50}
+        ]
+    })
+}
+
+fn quote_body() -> serde_json::Value {
+    json!({"request": {"id": "q1", "capability": "text-to-image", "model": "sdxl"}, "context": {"in_flight": 8, "capacity": 10}})
+}
+
+#[test]
+fn a_node_serves_health_readiness_metrics_and_its_default_components() {
+    let node = Node::start();
+    let http = node.client();
+    let health: serde_json::Value = http
+        .get(format!("{}/healthz", node.url))
+        .send()
+        .expect("healthz")
+        .json()
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["components"], 2);
+    assert_eq!(
+        http.get(format!("{}/readyz", node.url))
+            .send()
+            .expect("readyz")
+            .status(),
+        200
+    );
+
+    let (status, body) = node.call("default-router", &route_body());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ranking"], json!([1, 0]));
+    let (status, body) = node.call("default-pricing", &quote_body());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["price"]["price_per_unit"], 4768371);
+
+    let metrics = http
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert_eq!(
+        metric(
+            &metrics,
+            "weir_component_loaded{component=\"default-router\",world=\"router\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "weir_component_calls_total{component=\"default-router\",function=\"select\",outcome=\"ok\"}"),
+        Some(1.0)
+    );
+    assert!(metrics.contains(
+        "weir_component_call_seconds_bucket{component=\"default-pricing\",function=\"quote\""
+    ));
+    assert_eq!(
+        metric(
+            &metrics,
+            "weir_component_loads_total{component=\"default-pricing\",outcome=\"ok\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn the_admin_api_needs_the_token() {
+    let node = Node::start();
+    let http = node.client();
+    let resp = http
+        .get(format!("{}/admin/components", node.url))
+        .send()
+        .expect("list");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().ok()),
+        Some(Some("Bearer"))
+    );
+    let resp = http
+        .get(format!("{}/admin/components", node.url))
+        .bearer_auth("wrong-token")
+        .send()
+        .expect("list");
+    assert_eq!(resp.status(), 401);
+    let list: serde_json::Value = http
+        .get(format!("{}/admin/components", node.url))
+        .bearer_auth(&node.token)
+        .send()
+        .expect("list")
+        .json()
+        .expect("json");
+    let names: Vec<&str> = list["components"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["default-pricing", "default-router"]);
+    assert!(list["components"][0]["exports"]
+        .as_array()
+        .expect("exports")
+        .contains(&json!("weir:host/quoting@0.1.0")));
+}
+
+fn upload(node: &Node, name: &str, manifest: &str, wasm: Vec<u8>) -> (u16, serde_json::Value) {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("manifest", manifest.to_owned())
+        .part(
+            "wasm",
+            reqwest::blocking::multipart::Part::bytes(wasm).file_name("c.wasm"),
+        );
+    let resp = node
+        .client()
+        .put(format!("{}/admin/components/{name}", node.url))
+        .bearer_auth(&node.token)
+        .multipart(form)
+        .send()
+        .expect("upload");
+    let status = resp.status().as_u16();
+    (status, resp.json().expect("json"))
+}
+
+#[test]
+fn components_are_installed_checked_and_removed_over_http() {
+    let node = Node::start();
+    // A Python router installed at run time.
+    let wasm = std::fs::read(artifact("examples/router-region-py.wasm")).expect("read");
+    let manifest = built_manifest("examples/router-region-py.toml");
+    let (status, body) = upload(&node, "router-region-py", &manifest, wasm);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["world"], "router");
+    let (status, body) = node.call("router-region-py", &route_body());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ranking"], json!([1, 0]));
+
+    // Bad uploads: not a component, wrong world, ungranted import, name mismatch, missing part.
+    let (status, body) = upload(
+        &node,
+        "junk",
+        &manifest_for("junk", "router"),
+        b"not wasm".to_vec(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("not a WebAssembly binary"));
+    let pricing = std::fs::read(artifact("components/default-pricing.wasm")).expect("read");
+    let (status, body) = upload(
+        &node,
+        "wrong",
+        &manifest_for("wrong", "router"),
+        pricing.clone(),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("belongs to the `pricing` world"));
+    let greedy = std::fs::read(artifact("test-programs/greedy-router.wasm")).expect("read");
+    let (status, body) = upload(&node, "greedy", &manifest_for("greedy", "router"), greedy);
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("does not grant"));
+    let (status, body) = upload(
+        &node,
+        "other",
+        &manifest_for("mismatch", "pricing"),
+        pricing,
+    );
+    assert_eq!(status, 400, "{body}");
+    let form =
+        reqwest::blocking::multipart::Form::new().text("manifest", manifest_for("x", "router"));
+    let resp = node
+        .client()
+        .put(format!("{}/admin/components/x", node.url))
+        .bearer_auth(&node.token)
+        .multipart(form)
+        .send()
+        .expect("upload");
+    assert_eq!(resp.status(), 400);
+
+    // The node kept serving through all of it; the failures are listed.
+    assert_eq!(node.call("default-router", &route_body()).0, 200);
+    let list: serde_json::Value = node
+        .client()
+        .get(format!("{}/admin/components", node.url))
+        .bearer_auth(&node.token)
+        .send()
+        .expect("list")
+        .json()
+        .expect("json");
+    let failed: Vec<&str> = list["failed"]
+        .as_array()
+        .expect("failed")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(
+        failed.contains(&"junk") && failed.contains(&"greedy"),
+        "{list}"
+    );
+
+    // Remove: gone from the API and from disk.
+    let resp = node
+        .client()
+        .delete(format!("{}/admin/components/router-region-py", node.url))
+        .bearer_auth(&node.token)
+        .send()
+        .expect("delete");
+    assert_eq!(resp.status(), 204);
+    assert_eq!(node.call("router-region-py", &route_body()).0, 404);
+    assert!(!node.components().join("router-region-py.toml").exists());
+}
+
+fn manifest_for(name: &str, world: &str) -> String {
+    manifest(name, world, "")
+}
+
+#[test]
+fn a_call_that_misbehaves_maps_to_a_clear_http_error() {
+    let node = Node::start();
+    let wasm = std::fs::read(artifact("test-programs/misbehaving-router.wasm")).expect("read");
+    let m = manifest(
+        "misbehaving",
+        "router",
+        "[limits]\ntimeout_ms = 50\nmemory_mib = 16",
+    );
+    assert_eq!(upload(&node, "misbehaving", &m, wasm).0, 201);
+    let body = |mode: &str| json!({"request": {"id": format!("mode:{mode}")}});
+    let (status, resp) = node.call("misbehaving", &body("loop"));
+    assert_eq!(status, 504, "{resp}");
+    assert!(resp["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("deadline"));
+    let (status, resp) = node.call("misbehaving", &body("trap"));
+    assert_eq!(status, 502, "{resp}");
+    let (status, resp) = node.call("misbehaving", &body("error"));
+    assert_eq!(status, 422, "{resp}");
+    let (status, _) = node.call("misbehaving", &body("ok"));
+    assert_eq!(status, 200);
+    let (status, resp) = node.call("default-pricing", &json!({"request": {}}));
+    assert_eq!(status, 400, "{resp}");
+    let resp = node
+        .client()
+        .post(format!("{}/admin/components/default-router/call", node.url))
+        .bearer_auth(&node.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .expect("send");
+    assert_eq!(resp.status(), 400);
+}
+
+#[test]
+fn a_pricing_swap_dropped_into_the_directory_is_served_while_calls_run() {
+    let node = Node::start();
+    let dir = node.components();
+    let base = built_manifest("components/default-pricing.toml");
+    let line = "\"price.text-to-image\" = \"4768371/1000000\"";
+    let next = base.replace(line, "\"price.text-to-image\" = \"777/1000000\"");
+    let tmp = dir.join(".swap");
+    std::fs::write(&tmp, next).expect("write");
+    let (mut before, mut after) = (0, 0);
+    let mut swapped = false;
+    for i in 0..400 {
+        if i == 20 {
+            std::fs::rename(&tmp, dir.join("default-pricing.toml")).expect("rename");
+            swapped = true;
+        }
+        let (status, body) = node.call("default-pricing", &quote_body());
+        assert_eq!(status, 200, "call {i} failed during the swap: {body}");
+        match body["price"]["price_per_unit"].as_u64() {
+            Some(4768371) => before += 1,
+            Some(777) => after += 1,
+            other => panic!("unexpected price {other:?}"),
+        }
+        if swapped && after >= 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        before >= 20 && after >= 20,
+        "before {before}, after {after}"
+    );
+}

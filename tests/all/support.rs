@@ -1,0 +1,220 @@
+//! Shared helpers: artifact paths, a runtime with a shared compiled-code cache, a running node.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_runtime::{
+    JobRequest, NoLedger, OutputSize, QuoteContext, Registry, Role, Runtime, RuntimeConfig,
+    RuntimeMetrics,
+};
+
+/// The directory `make artifacts` fills.
+pub fn build_dir() -> PathBuf {
+    std::env::var_os("WEIR_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../build"))
+}
+
+/// Path of a built artifact; panics with the command that builds it when missing.
+pub fn artifact(rel: &str) -> PathBuf {
+    let path = build_dir().join(rel);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make artifacts` (or `make test`) first",
+        path.display()
+    );
+    path
+}
+
+/// Compiled code shared by every test in this run (JS and Python take seconds to compile).
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/weir-test-cache")
+}
+
+/// A runtime with a fresh metrics registry and the shared code cache.
+pub fn runtime_with(fuel: bool) -> (Arc<Runtime>, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = RuntimeMetrics::new(&registry).expect("metrics");
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir: Some(cache_dir()),
+            fuel,
+            ..RuntimeConfig::default()
+        },
+        Arc::new(NoLedger),
+        metrics,
+    )
+    .expect("runtime");
+    (runtime, registry)
+}
+
+/// A registry over a new temporary components directory.
+pub fn registry() -> (Arc<Registry>, tempfile::TempDir, prometheus::Registry) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (runtime, metrics) = runtime_with(false);
+    let registry = Registry::new(runtime, dir.path()).expect("registry");
+    (registry, dir, metrics)
+}
+
+/// Put `wasm` and a manifest into `dir` as component `name`.
+pub fn place(dir: &Path, name: &str, wasm: &Path, manifest: &str) {
+    std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy wasm");
+    std::fs::write(dir.join(format!("{name}.toml")), manifest).expect("write manifest");
+}
+
+/// A manifest for `name` in `world` with extra TOML appended.
+pub fn manifest(name: &str, world: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\nworld = \"{world}\"\nversion = \"1.0.0\"\n{extra}\n")
+}
+
+/// The text of a built manifest.
+pub fn built_manifest(rel: &str) -> String {
+    std::fs::read_to_string(artifact(rel)).expect("manifest")
+}
+
+/// A text-to-image request.
+pub fn request(id: &str) -> JobRequest {
+    JobRequest {
+        id: id.into(),
+        capability: "text-to-image".into(),
+        model: "sdxl".into(),
+        params: vec![],
+        output: OutputSize {
+            width: 512,
+            height: 512,
+            frames: 1,
+            count: 1,
+        },
+        units: 512 * 512,
+        sender: "tester".into(),
+    }
+}
+
+/// A quote context at `in_flight` of `capacity`.
+pub fn context(in_flight: u32, capacity: u32) -> QuoteContext {
+    QuoteContext {
+        role: Role::Orchestrator,
+        counterparty: "tester".into(),
+        in_flight,
+        capacity,
+    }
+}
+
+/// Poll `f` until it returns `Some`, for at most `limit`.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The value of a Prometheus sample `name{labels}` in a text exposition, if present.
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A `weir node` process on port 0, killed on drop.
+pub struct Node {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The admin token it was started with.
+    pub token: String,
+    /// Its data directory.
+    pub data: tempfile::TempDir,
+}
+
+impl Node {
+    /// Start a node whose components directory holds the default components.
+    pub fn start() -> Node {
+        let data = tempfile::tempdir().expect("tempdir");
+        let components = data.path().join("components");
+        std::fs::create_dir_all(&components).expect("mkdir");
+        for name in ["default-router", "default-pricing"] {
+            place(
+                &components,
+                name,
+                &artifact(&format!("components/{name}.wasm")),
+                &built_manifest(&format!("components/{name}.toml")),
+            );
+        }
+        Node::start_in(data, &[])
+    }
+
+    /// Start a node on `data` with extra arguments.
+    pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Node {
+        let token = "test-admin-token-0123456789".to_owned();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg("node")
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--http-addr", "127.0.0.1:0", "--admin-token", &token])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weir");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read ready line");
+        let url = line
+            .trim()
+            .strip_prefix("weir ready http=")
+            .unwrap_or_else(|| panic!("unexpected first line from weir node: {line:?}"))
+            .to_owned();
+        Node {
+            child,
+            url,
+            token,
+            data,
+        }
+    }
+
+    /// The components directory.
+    pub fn components(&self) -> PathBuf {
+        self.data.path().join("components")
+    }
+
+    /// A blocking client.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client")
+    }
+
+    /// `POST /admin/components/{name}/call` with `body`; (status, JSON).
+    pub fn call(&self, name: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let resp = self
+            .client()
+            .post(format!("{}/admin/components/{name}/call", self.url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .expect("call");
+        let status = resp.status().as_u16();
+        (status, resp.json().expect("json body"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
