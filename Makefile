@@ -54,7 +54,8 @@ $(BUILD)/components/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildcard 
 	@mkdir -p $(@D)
 	cp guests/target/$(WASM_TARGET)/release/$(subst -,_,$*).wasm $@
 
-$(BUILD)/components/%.toml: guests/%/%.toml
+.SECONDEXPANSION:
+$(BUILD)/components/%.toml: guests/$$*/$$*.toml
 	@mkdir -p $(@D)
 	cp $< $@
 

@@ -15,13 +15,26 @@ export function surgePrice(base, load, threshold, surgeMax) {
   return base + (base * surgeMax * (load - threshold)) / ((100n - threshold) * 100n);
 }
 
+// A component version's config never changes, so it is read once per instance, on first use
+// (host imports are not available while the module is pre-initialised at build time).
+let settings = null;
+
+function loadSettings() {
+  if (settings === null) {
+    settings = {
+      base: configBigInt('base_price_per_unit', '1000'),
+      pixelsPerUnit: configBigInt('pixels_per_unit', '1', { min: 1n }),
+      currency: configString('currency', 'WEI'),
+      threshold: configBigInt('surge_threshold_pct', '50'),
+      surgeMax: configBigInt('surge_max_pct', '200'),
+    };
+  }
+  return settings;
+}
+
 /** `quote: func(request: job-request, context: quote-context) -> result<price, error>` */
 function quote(request, context) {
-  const base = configBigInt('base_price_per_unit', '1000');
-  const pixelsPerUnit = configBigInt('pixels_per_unit', '1', { min: 1n });
-  const currency = configString('currency', 'WEI');
-  const threshold = configBigInt('surge_threshold_pct', '50');
-  const surgeMax = configBigInt('surge_max_pct', '200');
+  const { base, pixelsPerUnit, currency, threshold, surgeMax } = loadSettings();
 
   if (context.capacity === 0) {
     throw invalidRequest(`no capacity for ${request.capability} (capacity is 0)`);

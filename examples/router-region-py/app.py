@@ -14,13 +14,25 @@ from wit_world import exports
 from wit_world.imports import types
 
 
+_settings = None
+
+
+def _load_settings():
+    """(region, max price): a component version's config never changes, so it is read once per
+    instance, on first use (host imports are unavailable while the module is pre-initialised)."""
+    global _settings
+    if _settings is None:
+        _settings = ((weir_sdk.config_str("region") or "").strip(),
+                     weir_sdk.config_optional_int("max_price_per_unit"))
+    return _settings
+
+
 class Routing(exports.Routing):
     def select(self, request: types.JobRequest, candidates: List[types.Candidate]) -> List[int]:
         if not candidates:
             raise weir_sdk.no_candidates(f"no candidates offered for {request.capability}")
 
-        region = (weir_sdk.config_str("region") or "").strip()
-        max_price = weir_sdk.config_optional_int("max_price_per_unit")
+        region, max_price = _load_settings()
 
         # price/pixels > max  <=>  price > max * pixels (pixels >= 1): exact, no division.
         eligible = [
@@ -41,7 +53,4 @@ class Routing(exports.Routing):
                 return -1 if rank(a) < rank(b) else 1
             return weir_sdk.compare_price(a.price, b.price) or (a.id > b.id) - (a.id < b.id)
 
-        ranked = sorted(eligible, key=cmp_to_key(compare))
-        weir_sdk.debug(f"{request.id}: ranked {len(ranked)} of {len(candidates)} candidates"
-                       f" (region {region or 'any'})")
-        return ranked
+        return sorted(eligible, key=cmp_to_key(compare))
