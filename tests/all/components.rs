@@ -372,3 +372,49 @@ fn manifests_with_unknown_keys_are_refused_before_loading() {
         "{err}"
     );
 }
+
+/// What a sandbox probe answered: `ok: …` or `denied: …`.
+fn probe(registry: &weir_runtime::Registry, mode: &str) -> String {
+    match failure(select_mode(registry, mode).unwrap_err()) {
+        CallFailure::Guest(GuestError::Internal(m)) => m,
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn a_component_gets_no_files_environment_or_network_unless_granted() {
+    let secret_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(secret_dir.path().join("secret.txt"), "host secret").expect("write");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let home = std::env::var("PATH").expect("PATH is set");
+
+    let (registry, _dir, _m) = load_misbehaving("");
+    let host_file = secret_dir.path().join("secret.txt");
+    let denied = [
+        "env:PATH".to_owned(),
+        format!("read:{}", host_file.display()),
+        "read:/data/secret.txt".to_owned(),
+        format!("connect:{addr}"),
+    ];
+    for mode in &denied {
+        let answer = probe(&registry, mode);
+        assert!(answer.starts_with("denied:"), "{mode} was allowed: {answer}");
+    }
+
+    // Now grant a read-only directory, one variable and one address.
+    let grants = format!(
+        "[permissions]\ndirs = [{{ host = \"{}\", guest = \"/data\" }}]\nenv = [\"PATH\"]\nnetwork = [\"{addr}\"]\n",
+        secret_dir.path().display()
+    );
+    let (registry, _dir2, _m2) = load_misbehaving(&grants);
+    assert_eq!(probe(&registry, "env:PATH"), format!("ok: {home}"));
+    assert_eq!(probe(&registry, "read:/data/secret.txt"), "ok: host secret");
+    assert!(probe(&registry, "write:/data/new.txt").starts_with("denied:"));
+    assert!(!secret_dir.path().join("new.txt").exists());
+    assert!(probe(&registry, "read:/data/../../etc/hostname").starts_with("denied:"));
+    assert_eq!(probe(&registry, &format!("connect:{addr}")), "ok: connected");
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other_addr = other.local_addr().expect("addr");
+    assert!(probe(&registry, &format!("connect:{other_addr}")).starts_with("denied:"));
+}

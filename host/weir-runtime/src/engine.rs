@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::bindings::{pipeline, pricing, router};
@@ -241,8 +242,15 @@ impl Runtime {
         if !permissions.network.is_empty() {
             let allowed: Arc<[std::net::SocketAddr]> = permissions.network.clone().into();
             wasi.allow_tcp(true);
-            wasi.socket_addr_check(move |addr, _use| {
-                let ok = allowed.contains(&addr);
+            wasi.socket_addr_check(move |addr, usage| {
+                let ok = match usage {
+                    // Outbound TCP to the granted addresses only.
+                    SocketAddrUse::TcpConnect => allowed.contains(&addr),
+                    // The implicit local bind a connect performs: wildcard address, ephemeral port.
+                    SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+                    // Never listen, never UDP.
+                    _ => false,
+                };
                 Box::pin(async move { ok })
             });
         }

@@ -2,6 +2,9 @@
 //! `ok` (ranks in input order), `loop` (never returns), `alloc` (allocates without bound),
 //! `trap` (panics), `garbage` (returns an out-of-range index), `error` (returns a guest error),
 //! `calls` (returns a guest error carrying this instance's call count).
+//!
+//! Probes of what the sandbox allows answer with a guest error `internal("ok: …")` or
+//! `internal("denied: …")`: `env:NAME`, `read:PATH`, `write:PATH`, `connect:IP:PORT`.
 
 use std::cell::Cell;
 
@@ -45,9 +48,28 @@ impl Guest for Misbehaving {
             "calls" => Err(Error::Internal(format!("calls={calls}"))),
             "garbage" => Ok(vec![candidates.len() as u32 + 7]),
             "error" => Err(Error::InvalidRequest("asked to fail".to_owned())),
-            other => Err(Error::Config(format!("unknown mode {other}"))),
+            other => match probe(other) {
+                Some(outcome) => Err(Error::Internal(outcome)),
+                None => Err(Error::Config(format!("unknown mode {other}"))),
+            },
         }
     }
+}
+
+/// Try what a probe mode asks; `None` when `mode` is no probe.
+fn probe(mode: &str) -> Option<String> {
+    let report = |r: Result<String, String>| match r {
+        Ok(v) => format!("ok: {v}"),
+        Err(e) => format!("denied: {e}"),
+    };
+    let (kind, arg) = mode.split_once(':')?;
+    Some(report(match kind {
+        "env" => std::env::var(arg).map_err(|e| e.to_string()),
+        "read" => std::fs::read_to_string(arg).map_err(|e| e.to_string()),
+        "write" => std::fs::write(arg, b"written by a guest").map(|()| "written".to_owned()).map_err(|e| e.to_string()),
+        "connect" => std::net::TcpStream::connect(arg).map(|_| "connected".to_owned()).map_err(|e| e.to_string()),
+        _ => return None,
+    }))
 }
 
 weir_sdk::router::export_router!(Misbehaving);
