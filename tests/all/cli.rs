@@ -64,12 +64,7 @@ fn component_check_reports_worlds_and_fails_on_a_mismatch() {
 #[test]
 fn component_list_loads_every_manifest_in_a_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    place(
-        dir.path(),
-        "default-router",
-        &artifact("components/default-router.wasm"),
-        &built_manifest("components/default-router.toml"),
-    );
+    place_default(dir.path(), "default-router");
     let out = weir(&[
         "component",
         "list",

@@ -213,12 +213,7 @@ fn a_component_importing_what_its_world_does_not_grant_is_refused() {
 #[test]
 fn the_wrong_call_for_a_world_is_a_clear_error() {
     let (registry, dir, _m) = registry();
-    place(
-        dir.path(),
-        "default-pricing",
-        &artifact("components/default-pricing.wasm"),
-        &built_manifest("components/default-pricing.toml"),
-    );
+    place_default(dir.path(), "default-pricing");
     let c = registry.load("default-pricing").expect("loads");
     let err = c.select(&request("x"), &[]).unwrap_err();
     assert!(matches!(
@@ -242,12 +237,7 @@ fn the_wrong_call_for_a_world_is_a_clear_error() {
 fn default_guests_rank_and_price_from_their_config() {
     let (registry, dir, _m) = registry();
     for name in ["default-router", "default-pricing"] {
-        place(
-            dir.path(),
-            name,
-            &artifact(&format!("components/{name}.wasm")),
-            &built_manifest(&format!("components/{name}.toml")),
-        );
+        place_default(dir.path(), name);
     }
     let report = registry.scan();
     assert_eq!(
@@ -375,7 +365,7 @@ fn manifests_with_unknown_keys_are_refused_before_loading() {
 
 /// What a sandbox probe answered: `ok: …` or `denied: …`.
 fn probe(registry: &weir_runtime::Registry, mode: &str) -> String {
-    match failure(select_mode(registry, mode).unwrap_err()) {
+    match failure(select_mode(registry, mode).expect_err("a probe answers with a guest error")) {
         CallFailure::Guest(GuestError::Internal(m)) => m,
         other => panic!("unexpected {other}"),
     }
@@ -399,7 +389,10 @@ fn a_component_gets_no_files_environment_or_network_unless_granted() {
     ];
     for mode in &denied {
         let answer = probe(&registry, mode);
-        assert!(answer.starts_with("denied:"), "{mode} was allowed: {answer}");
+        assert!(
+            answer.starts_with("denied:"),
+            "{mode} was allowed: {answer}"
+        );
     }
 
     // Now grant a read-only directory, one variable and one address.
@@ -413,7 +406,10 @@ fn a_component_gets_no_files_environment_or_network_unless_granted() {
     assert!(probe(&registry, "write:/data/new.txt").starts_with("denied:"));
     assert!(!secret_dir.path().join("new.txt").exists());
     assert!(probe(&registry, "read:/data/../../etc/hostname").starts_with("denied:"));
-    assert_eq!(probe(&registry, &format!("connect:{addr}")), "ok: connected");
+    assert_eq!(
+        probe(&registry, &format!("connect:{addr}")),
+        "ok: connected"
+    );
     let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let other_addr = other.local_addr().expect("addr");
     assert!(probe(&registry, &format!("connect:{other_addr}")).starts_with("denied:"));

@@ -31,12 +31,7 @@ fn land(dir: &std::path::Path, name: &str, text: &str) {
 fn swapping_code_and_config_under_load_fails_no_call() {
     let (registry, dir, _m) = registry();
     let base = built_manifest("components/default-pricing.toml");
-    place(
-        dir.path(),
-        "default-pricing",
-        &artifact("components/default-pricing.wasm"),
-        &base,
-    );
+    place_default(dir.path(), "default-pricing");
     std::fs::copy(
         artifact("examples/pricing-surge-js.wasm"),
         dir.path().join("surge.wasm"),
@@ -108,13 +103,7 @@ fn swapping_code_and_config_under_load_fails_no_call() {
 #[test]
 fn a_failed_reload_keeps_the_previous_version_serving() {
     let (registry, dir, _m) = registry();
-    let base = built_manifest("components/default-pricing.toml");
-    place(
-        dir.path(),
-        "default-pricing",
-        &artifact("components/default-pricing.wasm"),
-        &base,
-    );
+    place_default(dir.path(), "default-pricing");
     let v1 = registry.load("default-pricing").expect("v1 loads");
 
     // New bytes that are no component at all.
@@ -155,12 +144,7 @@ fn a_failed_reload_keeps_the_previous_version_serving() {
 #[test]
 fn removing_a_manifest_unloads_the_component() {
     let (registry, dir, _m) = registry();
-    place(
-        dir.path(),
-        "default-router",
-        &artifact("components/default-router.wasm"),
-        &built_manifest("components/default-router.toml"),
-    );
+    place_default(dir.path(), "default-router");
     let _watch = registry.watch(Duration::from_millis(20)).expect("watch");
     registry.scan();
     let held = registry.get("default-router").expect("loaded");

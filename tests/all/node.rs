@@ -98,20 +98,11 @@ fn the_admin_api_needs_the_token() {
         .send()
         .expect("list");
     assert_eq!(resp.status(), 401);
-    let list: serde_json::Value = http
-        .get(format!("{}/admin/components", node.url))
-        .bearer_auth(&node.token)
-        .send()
-        .expect("list")
-        .json()
-        .expect("json");
-    let names: Vec<&str> = list["components"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    assert_eq!(names, vec!["default-pricing", "default-router"]);
+    let list = node.admin_list();
+    assert_eq!(
+        names(&list, "components"),
+        vec!["default-pricing", "default-router"]
+    );
     assert!(list["components"][0]["exports"]
         .as_array()
         .expect("exports")
@@ -200,20 +191,8 @@ fn components_are_installed_checked_and_removed_over_http() {
 
     // The node kept serving through all of it; the failures are listed.
     assert_eq!(node.call("default-router", &route_body()).0, 200);
-    let list: serde_json::Value = node
-        .client()
-        .get(format!("{}/admin/components", node.url))
-        .bearer_auth(&node.token)
-        .send()
-        .expect("list")
-        .json()
-        .expect("json");
-    let failed: Vec<&str> = list["failed"]
-        .as_array()
-        .expect("failed")
-        .iter()
-        .filter_map(|f| f["name"].as_str())
-        .collect();
+    let list = node.admin_list();
+    let failed = names(&list, "failed");
     assert!(
         failed.contains(&"junk") && failed.contains(&"greedy"),
         "{list}"

@@ -59,6 +59,24 @@ pub fn registry() -> (Arc<Registry>, tempfile::TempDir, prometheus::Registry) {
     (registry, dir, metrics)
 }
 
+/// Put a built default component (`default-router`, `default-pricing`) into `dir`.
+pub fn place_default(dir: &Path, name: &str) {
+    place(
+        dir,
+        name,
+        &artifact(&format!("components/{name}.wasm")),
+        &built_manifest(&format!("components/{name}.toml")),
+    );
+}
+
+/// Names listed under `key` (`components` or `failed`) of an admin listing.
+pub fn names<'a>(list: &'a serde_json::Value, key: &str) -> Vec<&'a str> {
+    list[key]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// Put `wasm` and a manifest into `dir` as component `name`.
 pub fn place(dir: &Path, name: &str, wasm: &Path, manifest: &str) {
     std::fs::copy(wasm, dir.join(format!("{name}.wasm"))).expect("copy wasm");
@@ -143,12 +161,7 @@ impl Node {
         let components = data.path().join("components");
         std::fs::create_dir_all(&components).expect("mkdir");
         for name in ["default-router", "default-pricing"] {
-            place(
-                &components,
-                name,
-                &artifact(&format!("components/{name}.wasm")),
-                &built_manifest(&format!("components/{name}.toml")),
-            );
+            place_default(&components, name);
         }
         Node::start_in(data, &[])
     }
@@ -196,6 +209,17 @@ impl Node {
             .timeout(Duration::from_secs(60))
             .build()
             .expect("client")
+    }
+
+    /// `GET /admin/components`.
+    pub fn admin_list(&self) -> serde_json::Value {
+        self.client()
+            .get(format!("{}/admin/components", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .expect("list")
+            .json()
+            .expect("json")
     }
 
     /// `POST /admin/components/{name}/call` with `body`; (status, JSON).

@@ -31,8 +31,7 @@ impl Guest for DefaultRouter {
                 pixels_per_unit: c.price.pixels_per_unit,
                 latency_ms: c.latency_ms,
                 success_bp: c.success_bp,
-                warm: !request.model.is_empty()
-                    && c.warm_models.contains(&request.model),
+                warm: !request.model.is_empty() && c.warm_models.contains(&request.model),
                 capacity: c.capacity,
                 in_flight: c.in_flight,
             })

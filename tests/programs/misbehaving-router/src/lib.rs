@@ -66,8 +66,12 @@ fn probe(mode: &str) -> Option<String> {
     Some(report(match kind {
         "env" => std::env::var(arg).map_err(|e| e.to_string()),
         "read" => std::fs::read_to_string(arg).map_err(|e| e.to_string()),
-        "write" => std::fs::write(arg, b"written by a guest").map(|()| "written".to_owned()).map_err(|e| e.to_string()),
-        "connect" => std::net::TcpStream::connect(arg).map(|_| "connected".to_owned()).map_err(|e| e.to_string()),
+        "write" => std::fs::write(arg, b"written by a guest")
+            .map(|()| "written".to_owned())
+            .map_err(|e| e.to_string()),
+        "connect" => std::net::TcpStream::connect(arg)
+            .map(|_| "connected".to_owned())
+            .map_err(|e| e.to_string()),
         _ => return None,
     }))
 }
