@@ -91,3 +91,28 @@ fn component_list_loads_every_manifest_in_a_directory() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("broken.wasm"));
 }
+
+#[test]
+fn component_build_compiles_a_rust_guest_and_checks_its_world() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .current_dir(&repo)
+        .args(["component", "build", "guests/default-router", "--out"])
+        .arg(out_dir.path())
+        .output()
+        .expect("run weir");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out_dir.path().join("default-router.wasm").is_file());
+    assert!(out_dir.path().join("default-router.toml").is_file());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("router") && l.ends_with("ok")),
+        "{text}"
+    );
+}

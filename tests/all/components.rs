@@ -414,3 +414,16 @@ fn a_component_gets_no_files_environment_or_network_unless_granted() {
     let other_addr = other.local_addr().expect("addr");
     assert!(probe(&registry, &format!("connect:{other_addr}")).starts_with("denied:"));
 }
+
+#[test]
+fn warm_instances_are_retired_after_their_call_budget() {
+    let (registry, _dir, _m) = load_misbehaving("max_calls_per_instance = 2");
+    let calls = || match failure(select_mode(&registry, "calls").unwrap_err()) {
+        CallFailure::Guest(GuestError::Internal(m)) => m,
+        other => panic!("unexpected {other}"),
+    };
+    assert_eq!(calls(), "calls=1");
+    assert_eq!(calls(), "calls=2");
+    // The instance served its two calls and was retired: the next one starts fresh.
+    assert_eq!(calls(), "calls=1");
+}

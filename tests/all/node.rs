@@ -282,4 +282,18 @@ fn a_pricing_swap_dropped_into_the_directory_is_served_while_calls_run() {
         before >= 20 && after >= 20,
         "before {before}, after {after}"
     );
+    let metrics = node
+        .client()
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    assert_eq!(
+        metric(
+            &metrics,
+            "weir_component_reloads_total{component=\"default-pricing\"}"
+        ),
+        Some(1.0)
+    );
 }

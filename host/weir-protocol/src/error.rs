@@ -1,0 +1,88 @@
+//! Error bodies in the shapes Livepeer's AI clients parse, with the real cause in the message.
+
+use serde::{Deserialize, Serialize};
+
+/// `{"detail": {"msg": "..."}}`: the body of 400, 401, 402, 413, 415, 500 and 503 answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpErrorBody {
+    /// The cause.
+    pub detail: HttpErrorDetail,
+}
+
+/// The `detail` of an [`HttpErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpErrorDetail {
+    /// Human-readable cause (never masked).
+    pub msg: String,
+}
+
+impl HttpErrorBody {
+    /// A body carrying `msg`.
+    pub fn new(msg: impl Into<String>) -> HttpErrorBody {
+        HttpErrorBody {
+            detail: HttpErrorDetail { msg: msg.into() },
+        }
+    }
+}
+
+/// One invalid field: where (`["body", "width"]`), what is wrong, and an error type label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// Location, FastAPI style: `["body", FIELD]`.
+    pub loc: Vec<String>,
+    /// What is wrong, with the accepted range or type.
+    pub msg: String,
+    /// Error type label, e.g. `missing`, `int_parsing`, `less_than_equal`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `{"detail": [FieldError, ...]}`: the body of a 422 answer; every invalid field is listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("invalid request: {}", .detail.iter().map(|e| format!("{}: {}", e.loc.join("."), e.msg)).collect::<Vec<_>>().join("; "))]
+pub struct ValidationErrors {
+    /// The invalid fields.
+    pub detail: Vec<FieldError>,
+}
+
+impl ValidationErrors {
+    /// Record a problem with `field`.
+    pub fn push(&mut self, field: &str, kind: &str, msg: impl Into<String>) {
+        self.detail.push(FieldError {
+            loc: vec!["body".to_owned(), field.to_owned()],
+            msg: msg.into(),
+            kind: kind.to_owned(),
+        });
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.detail.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_what_livepeer_clients_parse() {
+        let body = serde_json::to_value(HttpErrorBody::new("no orchestrator offers upscale"))
+            .expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"detail": {"msg": "no orchestrator offers upscale"}})
+        );
+        let mut v = ValidationErrors::default();
+        v.push("width", "less_than_equal", "must be at most 2048");
+        let body = serde_json::to_value(&v).expect("json");
+        assert_eq!(
+            body,
+            serde_json::json!({"detail": [{"loc": ["body", "width"], "msg": "must be at most 2048", "type": "less_than_equal"}]})
+        );
+        assert_eq!(
+            v.to_string(),
+            "invalid request: body.width: must be at most 2048"
+        );
+    }
+}
