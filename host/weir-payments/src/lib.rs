@@ -1,0 +1,51 @@
+//! Weir's payments.
+//!
+//! - [`cost`]: what `units` of work cost at a price, exactly (rounded up, never a float).
+//! - [`Ledger`]: a persistent ledger (SQLite, WAL). The orchestrator side keeps balances per
+//!   (sender, capability), reserves the cost of a job before running it and settles or releases
+//!   the reservation afterwards, so nobody is charged without a result and a crash never loses
+//!   a credit. The gateway side records what it spent per (orchestrator, capability, model).
+//!   Every movement carries a caller-chosen id: a retried credit or spend applies once.
+
+mod ledger;
+
+pub use ledger::{Balance, Ledger, LedgerError, Reservation};
+
+/// A price: `price_per_unit` base units buy `pixels_per_unit` units of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitPrice {
+    /// Base units per `pixels_per_unit`.
+    pub price_per_unit: u64,
+    /// Units of work one `price_per_unit` buys (at least 1).
+    pub pixels_per_unit: u64,
+}
+
+/// The cost of `units` at `price`, in base units, rounded up; `None` on overflow of `i64`
+/// (the ledger's range) or a zero unit size.
+pub fn cost(units: u64, price: UnitPrice) -> Option<u64> {
+    if price.pixels_per_unit == 0 {
+        return None;
+    }
+    let total = u128::from(units) * u128::from(price.price_per_unit);
+    let amount = total.div_ceil(u128::from(price.pixels_per_unit));
+    u64::try_from(amount).ok().filter(|a| *a <= i64::MAX as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_exact_and_rounds_up() {
+        let p = |ppu, px| UnitPrice {
+            price_per_unit: ppu,
+            pixels_per_unit: px,
+        };
+        assert_eq!(cost(512 * 512, p(4_768_371, 1_000_000)), Some(1_250_000));
+        assert_eq!(cost(3, p(1, 2)), Some(2));
+        assert_eq!(cost(0, p(5, 1)), Some(0));
+        assert_eq!(cost(1, p(5, 0)), None);
+        assert_eq!(cost(u64::MAX, p(u64::MAX, 1)), None);
+        assert_eq!(cost(u64::MAX, p(1, u64::MAX)), Some(1));
+    }
+}
