@@ -112,7 +112,7 @@ fn a_trapping_guest_gets_a_typed_error_and_a_fresh_instance_next_time() {
 
 #[test]
 fn garbage_answers_and_guest_errors_are_reported_as_such() {
-    let (registry, _dir, _m) = load_misbehaving("");
+    let (registry, _dir, metrics) = load_misbehaving("");
     let c = registry.get("misbehaving").expect("loaded");
     let err = c.select(&request("mode:garbage"), &[]).unwrap_err();
     let text = err.to_string();
@@ -121,6 +121,24 @@ fn garbage_answers_and_guest_errors_are_reported_as_such() {
     let err = c.select(&request("mode:error"), &[]).unwrap_err();
     assert!(
         matches!(failure(err), CallFailure::Guest(GuestError::InvalidRequest(m)) if m == "asked to fail")
+    );
+    // Both calls failed; only the rejected answer is a fault of the component (failures_total).
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&metrics.gather())
+        .expect("encode");
+    let calls = |outcome: &str| {
+        metric(
+            &text,
+            &format!("weir_component_calls_total{{component=\"misbehaving\",function=\"select\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(calls("error"), Some(2.0));
+    assert_eq!(
+        metric(
+            &text,
+            "weir_component_failures_total{component=\"misbehaving\",kind=\"bad_output\"}"
+        ),
+        Some(1.0)
     );
 }
 

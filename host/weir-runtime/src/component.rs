@@ -182,15 +182,10 @@ pub(crate) fn check_world(
 }
 
 impl<W: WorldBindings> Pool<W> {
-    fn new(
-        spec: &ComponentSpec,
-        component: &Component,
-        function_names: &[&str],
-    ) -> Result<Self, String> {
+    fn new(spec: &ComponentSpec, component: &Component, function: &str) -> Result<Self, String> {
         let pre = link::<W>(&spec.runtime, component)?;
         let name = &*spec.scope.name;
         let metrics = spec.runtime.metrics();
-        let function = function_names.first().copied().unwrap_or("call");
         Ok(Pool {
             pre,
             warm: Mutex::new(Vec::new()),
@@ -221,16 +216,20 @@ impl<W: WorldBindings> Pool<W> {
         }
     }
 
-    /// Run `f` on a warm or fresh instance under the component's deadline and budget.
+    /// Run `f` on a warm or fresh instance under the component's deadline and budget, then
+    /// `check` its answer against the contract.
     fn call<T>(
         &self,
         spec: &ComponentSpec,
         mode: InstanceMode,
         function: &'static str,
         f: impl FnOnce(&W, &mut Store<HostState>) -> wasmtime::Result<Result<T, GuestError>>,
+        check: impl FnOnce(&T) -> Result<(), CallFailure>,
     ) -> Result<T, RuntimeError> {
         let started = Instant::now();
-        let result = self.call_inner(spec, mode, f);
+        let result = self
+            .call_inner(spec, mode, f)
+            .and_then(|answer| check(&answer).map(|()| answer));
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
@@ -306,7 +305,8 @@ fn arm(
 
 fn call_error(spec: &ComponentSpec, function: &'static str, failure: CallFailure) -> RuntimeError {
     let name = &*spec.scope.name;
-    if failure.poisons_instance() || matches!(failure, CallFailure::BadOutput(_)) {
+    // A guest error is an answer; everything else is a fault worth counting and logging.
+    if !matches!(failure, CallFailure::Guest(_)) {
         spec.runtime
             .metrics()
             .failures
@@ -364,9 +364,9 @@ impl LoadedComponent {
     ) -> Result<Arc<LoadedComponent>, String> {
         let (imports, exports) = interface_names(&component, spec.runtime.engine());
         let kind = match manifest.world {
-            WorldKind::Router => Kind::Router(Pool::new(&spec, &component, &["select"])?),
-            WorldKind::Pricing => Kind::Pricing(Pool::new(&spec, &component, &["quote"])?),
-            WorldKind::Pipeline => Kind::Pipeline(Pool::new(&spec, &component, &["run"])?),
+            WorldKind::Router => Kind::Router(Pool::new(&spec, &component, "select")?),
+            WorldKind::Pricing => Kind::Pricing(Pool::new(&spec, &component, "quote")?),
+            WorldKind::Pipeline => Kind::Pipeline(Pool::new(&spec, &component, "run")?),
         };
         let loaded = LoadedComponent {
             manifest,
@@ -444,15 +444,16 @@ impl LoadedComponent {
         let Kind::Router(pool) = &self.kind else {
             return Err(self.wrong_world(WorldKind::Router));
         };
-        pool.call(&self.spec, self.mode(), "select", |b, store| {
-            b.weir_host_routing()
-                .call_select(store, request, candidates)
-        })
-        .and_then(|ranking| {
-            validate_ranking(&ranking, candidates.len())
-                .map(|()| ranking)
-                .map_err(|f| call_error(&self.spec, "select", f))
-        })
+        pool.call(
+            &self.spec,
+            self.mode(),
+            "select",
+            |b, store| {
+                b.weir_host_routing()
+                    .call_select(store, request, candidates)
+            },
+            |ranking| validate_ranking(ranking, candidates.len()),
+        )
     }
 
     /// Pricing: quote a price for `request`.
@@ -464,14 +465,13 @@ impl LoadedComponent {
         let Kind::Pricing(pool) = &self.kind else {
             return Err(self.wrong_world(WorldKind::Pricing));
         };
-        pool.call(&self.spec, self.mode(), "quote", |b, store| {
-            b.weir_host_quoting().call_quote(store, request, context)
-        })
-        .and_then(|price| {
-            validate_price(&price)
-                .map(|()| price)
-                .map_err(|f| call_error(&self.spec, "quote", f))
-        })
+        pool.call(
+            &self.spec,
+            self.mode(),
+            "quote",
+            |b, store| b.weir_host_quoting().call_quote(store, request, context),
+            validate_price,
+        )
     }
 
     /// Pipeline: run one batch job on a fresh (or warm, if the manifest asks) instance.
@@ -483,23 +483,29 @@ impl LoadedComponent {
         let Kind::Pipeline(pool) = &self.kind else {
             return Err(self.wrong_world(WorldKind::Pipeline));
         };
-        pool.call(&self.spec, self.mode(), "run", |b, store| {
-            let inputs = inputs
-                .into_iter()
-                .map(|blob| store.data_mut().push_blob(blob))
-                .collect::<wasmtime::Result<Vec<_>>>()?;
-            let job = Job { request, inputs };
-            let output = match b.weir_host_pipeline_handler().call_run(&mut *store, &job)? {
-                Ok(output) => output,
-                Err(e) => return Ok(Err(e)),
-            };
-            let blobs = output
-                .blobs
-                .into_iter()
-                .map(|h| store.data_mut().take_blob(h))
-                .collect::<wasmtime::Result<Vec<_>>>()?;
-            Ok(Ok((blobs, output.params)))
-        })
+        pool.call(
+            &self.spec,
+            self.mode(),
+            "run",
+            |b, store| {
+                let inputs = inputs
+                    .into_iter()
+                    .map(|blob| store.data_mut().push_blob(blob))
+                    .collect::<wasmtime::Result<Vec<_>>>()?;
+                let job = Job { request, inputs };
+                let output = match b.weir_host_pipeline_handler().call_run(&mut *store, &job)? {
+                    Ok(output) => output,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let blobs = output
+                    .blobs
+                    .into_iter()
+                    .map(|h| store.data_mut().take_blob(h))
+                    .collect::<wasmtime::Result<Vec<_>>>()?;
+                Ok(Ok((blobs, output.params)))
+            },
+            |_| Ok(()),
+        )
     }
 
     /// Pipeline: start a stream on a fresh instance that lives until [`PipelineStream::stop`].
