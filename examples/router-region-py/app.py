@@ -6,7 +6,7 @@ slowest), then lower price per unit of work, then candidate id, so equal inputs 
 the same order.
 """
 
-from functools import cmp_to_key
+from fractions import Fraction
 from typing import List
 
 import weir_sdk
@@ -43,14 +43,13 @@ class Routing(exports.Routing):
             raise weir_sdk.no_candidates(
                 f"all {len(candidates)} candidates cost more than {max_price} per unit")
 
-        def rank(c: types.Candidate):
-            # Region miss and latency; 0 = unknown latency sorts after every known one.
-            return (bool(region) and c.region != region, c.latency_ms or float("inf"))
+        def key(i: int):
+            c = candidates[i]
+            # Region miss, latency (0 = unknown sorts after every known one), exact price per
+            # unit of work, then id: equal inputs always give the same order.
+            return (bool(region) and c.region != region,
+                    c.latency_ms or float("inf"),
+                    Fraction(c.price.price_per_unit, max(c.price.pixels_per_unit, 1)),
+                    c.id)
 
-        def compare(i: int, j: int) -> int:
-            a, b = candidates[i], candidates[j]
-            if rank(a) != rank(b):
-                return -1 if rank(a) < rank(b) else 1
-            return weir_sdk.compare_price(a.price, b.price) or (a.id > b.id) - (a.id < b.id)
-
-        return sorted(eligible, key=cmp_to_key(compare))
+        return sorted(eligible, key=key)
