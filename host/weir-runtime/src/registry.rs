@@ -169,6 +169,11 @@ impl Registry {
     /// On failure the previous version keeps serving and the reason is recorded.
     pub fn load(&self, name: &str) -> Result<Arc<LoadedComponent>, RuntimeError> {
         let _guard = self.load_lock.lock();
+        self.load_locked(name)
+    }
+
+    /// [`Registry::load`] for a caller that holds `load_lock`.
+    fn load_locked(&self, name: &str) -> Result<Arc<LoadedComponent>, RuntimeError> {
         let fingerprint = self.fingerprint(name);
         let result =
             Manifest::load(&self.manifest_path(name)).and_then(|m| self.runtime.load(m, &self.dir));
@@ -290,12 +295,15 @@ impl Registry {
                     reason: format!("cannot write {}: {e}", path.display()),
                 })
         };
+        // Both files are replaced under the load lock, so the watcher never loads the new code
+        // with the old manifest (or the reverse) in between.
+        let _guard = self.load_lock.lock();
         write(&wasm_path, wasm)?;
         write(
             &self.manifest_path(&manifest.name),
             manifest_text.as_bytes(),
         )?;
-        self.load(&manifest.name)
+        self.load_locked(&manifest.name)
     }
 
     /// Unload `name` and delete its manifest and wasm from the directory.
