@@ -48,12 +48,7 @@ fn a_node_serves_health_readiness_metrics_and_its_default_components() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["price"]["price_per_unit"], 4768371);
 
-    let metrics = http
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("text");
+    let metrics = node.metrics();
     assert_eq!(
         metric(
             &metrics,
@@ -282,13 +277,7 @@ fn a_pricing_swap_dropped_into_the_directory_is_served_while_calls_run() {
         before >= 20 && after >= 20,
         "before {before}, after {after}"
     );
-    let metrics = node
-        .client()
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("text");
+    let metrics = node.metrics();
     assert_eq!(
         metric(
             &metrics,

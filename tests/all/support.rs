@@ -211,6 +211,16 @@ impl Node {
             .expect("client")
     }
 
+    /// The `/metrics` exposition text.
+    pub fn metrics(&self) -> String {
+        self.client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("text")
+    }
+
     /// `GET /admin/components`.
     pub fn admin_list(&self) -> serde_json::Value {
         self.client()
