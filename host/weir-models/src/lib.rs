@@ -6,7 +6,8 @@
 //!   paths and fields), with a per-request timeout, a health check and error mapping that says
 //!   whether trying another runner can help.
 //!
-//! ONNX and WASM-pipeline runners implement the same trait.
+//! ONNX and WASM-pipeline runners implement the same trait. [`capacity`] bounds how many jobs
+//! each runner takes at once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use weir_protocol::ai::{AiRequest, ImageToTextResponse, LlmResponse, MasksResponse, TextResponse};
 
+pub mod capacity;
 pub mod http;
 
 /// A boxed future, so runners can be used as `dyn ModelRunner`.
