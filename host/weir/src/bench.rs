@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use weir_default_policies::cmp_unit_price;
 use weir_default_policies::pricing::PriceTable;
 use weir_default_policies::router::{rank, Offer, RouterConfig};
 use weir_runtime::{
@@ -257,11 +258,12 @@ fn native_region(m: &Manifest, cands: &[Candidate]) -> Vec<u32> {
         (ca.region != region)
             .cmp(&(cb.region != region))
             .then(lat(ca).cmp(&lat(cb)))
-            .then(
-                (u128::from(ca.price.price_per_unit) * u128::from(cb.price.pixels_per_unit)).cmp(
-                    &(u128::from(cb.price.price_per_unit) * u128::from(ca.price.pixels_per_unit)),
-                ),
-            )
+            .then(cmp_unit_price(
+                ca.price.price_per_unit,
+                ca.price.pixels_per_unit,
+                cb.price.price_per_unit,
+                cb.price.pixels_per_unit,
+            ))
             .then(ca.id.cmp(&cb.id))
     });
     idx
