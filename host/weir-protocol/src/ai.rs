@@ -846,9 +846,6 @@ pub struct LlmResponse {
     pub usage: LlmUsage,
 }
 
-/// Raw extra JSON some runners add; kept for forwarding untouched.
-pub type Extra = BTreeMap<String, Value>;
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;

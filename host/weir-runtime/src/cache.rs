@@ -31,11 +31,6 @@ impl CodeCache {
             .join(format!("{content_hash}-{}.cwasm", self.engine_key))
     }
 
-    /// Whether compiled code for `content_hash` is cached.
-    pub fn contains(&self, content_hash: &str) -> bool {
-        self.path_for(content_hash).is_file()
-    }
-
     /// Load the cached compilation of `wasm`, or compile it and cache the result.
     pub fn get_or_compile(
         &self,

@@ -173,12 +173,6 @@ impl Runtime {
         Ok((component, hash))
     }
 
-    /// Whether compiled code for these wasm bytes is already cached.
-    pub fn is_cached(&self, wasm: &[u8]) -> bool {
-        let hash = hex::encode(Sha256::digest(wasm));
-        self.cache.as_ref().is_some_and(|c| c.contains(&hash))
-    }
-
     /// Load the component a manifest describes (its wasm is read relative to `dir`): read,
     /// compile, link against the manifest's world, check the exports, and instantiate once.
     pub fn load(

@@ -40,11 +40,6 @@ impl CallFailure {
             CallFailure::Instantiate(_) => "instantiate",
         }
     }
-
-    /// Whether the instance that produced this failure must be discarded.
-    pub fn poisons_instance(&self) -> bool {
-        !matches!(self, CallFailure::Guest(_) | CallFailure::BadOutput(_))
-    }
 }
 
 impl std::fmt::Display for CallFailure {
