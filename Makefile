@@ -14,21 +14,26 @@ HTTP_ADDR    ?= 127.0.0.1:8935
 WASM_TARGET  := wasm32-wasip2
 export WEIR_NODE_MODULES := $(CURDIR)/$(NODE_TOOLS)/node_modules
 export WEIR_COMPONENTIZE_PY := $(CURDIR)/$(PY_TOOLS)/bin/componentize-py
+# ONNX Runtime is loaded at run time from the PyPI wheel installed in the tools venv.
+ONNX_PY_PACKAGES := onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6 pillow==13.0.0
+UPSCALE_MODEL_PKG := @upscalerjs/default-model@1.0.0
+UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
+export ORT_DYLIB_PATH = $(firstword $(wildcard $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1*))
 
 GUESTS        := default-router default-pricing
 TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
 
-.PHONY: help run test test-unit lint fmt tools guests examples test-programs artifacts bench clean
+.PHONY: help run test test-unit lint fmt tools guests examples test-programs models artifacts bench clean
 
 help:
 	@echo "make run    start a gateway+orchestrator node on $(HTTP_ADDR) with the default components"
 	@echo "make test   install tools, build every component, lint, run all tests"
-	@echo "make bench  weir bench policy (release build)"
+	@echo "make bench  weir bench policy and weir bench gateway (release build)"
 
 ## Tools: installed once, project-locally, idempotently.
-tools: $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py
+tools: $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx
 
 $(TOOLS)/.rust-target:
 	@mkdir -p $(TOOLS)
@@ -45,6 +50,28 @@ $(TOOLS)/.py:
 	python3 -m venv $(PY_TOOLS)
 	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
 	@touch $@
+
+$(TOOLS)/.py-onnx: $(TOOLS)/.py
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(ONNX_PY_PACKAGES)
+	@touch $@
+
+## The upscale model: UpscalerJS's 2x network (npm, MIT) converted to ONNX and checked
+## against the package's own sample output.
+models: $(BUILD)/models/upscale-2x.onnx
+
+$(UPSCALE_MODEL_DIR)/models/model.json: $(TOOLS)/.node
+	cd $(NODE_TOOLS) && npm pack --silent $(UPSCALE_MODEL_PKG) > /dev/null
+	@mkdir -p $(UPSCALE_MODEL_DIR)
+	tar -xzf $(NODE_TOOLS)/upscalerjs-default-model-1.0.0.tgz -C $(UPSCALE_MODEL_DIR) --strip-components=1
+	@touch $@
+
+$(BUILD)/models/upscale-2x.onnx: $(TOOLS)/.py-onnx $(UPSCALE_MODEL_DIR)/models/model.json $(wildcard host/weir-models/assets/upscale/*.py)
+	@mkdir -p $(@D)
+	$(PY_TOOLS)/bin/python host/weir-models/assets/upscale/convert.py $(UPSCALE_MODEL_DIR) $@.part
+	cp $(UPSCALE_MODEL_DIR)/assets/fixture.png $(@D)/fixture.png
+	cp $(UPSCALE_MODEL_DIR)/assets/samples/2x/result.png $(@D)/result.png
+	$(PY_TOOLS)/bin/python host/weir-models/assets/upscale/verify.py $@.part $(@D)/fixture.png $(@D)/result.png
+	mv $@.part $@
 
 ## First-party components: build/components/NAME.{wasm,toml}
 guests: $(foreach g,$(GUESTS),$(BUILD)/components/$(g).wasm $(BUILD)/components/$(g).toml)
@@ -76,7 +103,7 @@ $(BUILD)/test-programs/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildca
 	@mkdir -p $(@D)
 	cp tests/programs/target/$(WASM_TARGET)/release/$(subst -,_,$*).wasm $@
 
-artifacts: guests examples test-programs
+artifacts: guests examples test-programs models
 
 ## Lint: formatting and clippy on the host and on every wasm workspace.
 lint: $(TOOLS)/.rust-target
@@ -99,16 +126,18 @@ test: tools artifacts lint
 	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies
 	WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) cargo test --workspace
 
-## Run a combined node; default components are installed into the data dir unless already there.
-run: tools guests
+## Run a combined node (examples/configs/node.toml); default components are installed into the
+## data dir unless already there.
+run: tools guests models
 	cargo build --release --bin weir
 	@mkdir -p $(DATA_DIR)/components
 	@for f in $(BUILD)/components/*; do cp -n "$$f" $(DATA_DIR)/components/ || true; done
-	./target/release/weir node --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
+	./target/release/weir node --config examples/configs/node.toml --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
 
-bench: tools guests examples
+bench: tools guests examples models
 	cargo build --release --bin weir
 	./target/release/weir bench policy --components $(BUILD)/components --examples $(BUILD)/examples
+	./target/release/weir bench gateway --components $(BUILD)/components --model $(BUILD)/models/upscale-2x.onnx
 
 clean:
 	rm -rf $(BUILD) target guests/target tests/programs/target

@@ -3,6 +3,7 @@
 //! They load real components built by `make artifacts` (found under `$WEIR_BUILD_DIR`, default
 //! `<repo>/build`) and start the real `weir` binary on port 0.
 
+mod ai;
 mod cli;
 mod components;
 mod examples;

@@ -143,6 +143,14 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A `key=value` field of the `weir ready ...` line.
+pub fn ready_field(line: &str, key: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("weir ready ")?;
+    rest.split_whitespace()
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
 /// A `weir node` process on port 0, killed on drop.
 pub struct Node {
     child: Child,
@@ -185,11 +193,8 @@ impl Node {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read ready line");
-        let url = line
-            .trim()
-            .strip_prefix("weir ready http=")
-            .unwrap_or_else(|| panic!("unexpected first line from weir node: {line:?}"))
-            .to_owned();
+        let url = ready_field(&line, "http")
+            .unwrap_or_else(|| panic!("unexpected first line from weir node: {line:?}"));
         Node {
             child,
             url,

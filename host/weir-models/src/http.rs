@@ -72,7 +72,8 @@ impl HttpRunner {
                 form = form.text(name, form_value(&value));
             }
             for file in input.files {
-                let part = reqwest::multipart::Part::bytes(file.data)
+                let len = file.data.len() as u64;
+                let part = reqwest::multipart::Part::stream_with_length(file.data, len)
                     .file_name(file.filename)
                     .mime_str(&file.content_type)
                     .map_err(|e| RunnerError::Rejected {

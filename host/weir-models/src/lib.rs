@@ -5,8 +5,10 @@
 //! - [`http::HttpRunner`]: forwards to a container speaking Livepeer's AI runner API (same
 //!   paths and fields), with a per-request timeout, a health check and error mapping that says
 //!   whether trying another runner can help.
+//! - [`onnx::OnnxUpscaler`] (feature `onnx`, on by default): 2x super-resolution for `/upscale`
+//!   in process, on ONNX Runtime loaded at run time.
 //!
-//! ONNX and WASM-pipeline runners implement the same trait. [`capacity`] bounds how many jobs
+//! WASM-pipeline runners implement the same trait. [`capacity`] bounds how many jobs
 //! each runner takes at once.
 
 use std::future::Future;
@@ -17,22 +19,15 @@ use weir_protocol::ai::{AiRequest, ImageToTextResponse, LlmResponse, MasksRespon
 
 pub mod capacity;
 pub mod http;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 
 /// A boxed future, so runners can be used as `dyn ModelRunner`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// An uploaded file handed to a runner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputFile {
-    /// Form field name (`image`, `audio`).
-    pub field: String,
-    /// File name.
-    pub filename: String,
-    /// MIME type.
-    pub content_type: String,
-    /// The bytes.
-    pub data: Vec<u8>,
-}
+/// An uploaded file handed to a runner: the bytes the request body was read into, shared
+/// without a copy.
+pub use weir_protocol::body::UploadedFile as InputFile;
 
 /// One job for a runner.
 #[derive(Debug, Clone, PartialEq)]

@@ -159,7 +159,7 @@ async fn upscale_sends_the_file_and_fields_as_multipart() {
             field: "image".into(),
             filename: "in.png".into(),
             content_type: "image/png".into(),
-            data: b"abc".to_vec(),
+            data: bytes::Bytes::from_static(b"abc"),
         }],
     };
     let RunnerOutput::Media(images) = runner(&url, Duration::from_secs(10))

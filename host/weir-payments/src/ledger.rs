@@ -61,6 +61,30 @@ pub struct Reservation {
     pub amount: u64,
 }
 
+/// Which totals [`Ledger::totals`] sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Totals {
+    /// Gateway side: what was spent with each orchestrator.
+    Spent,
+    /// Orchestrator side: what each sender was charged for finished jobs.
+    Charged,
+}
+
+/// One row of [`Ledger::totals`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TotalRow {
+    /// Orchestrator (gateway side) or sender (orchestrator side).
+    pub party: String,
+    /// Capability or account key.
+    pub capability: String,
+    /// Model.
+    pub model: String,
+    /// Number of jobs.
+    pub jobs: u64,
+    /// Sum in base units.
+    pub amount: u64,
+}
+
 /// The ledger.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -82,14 +106,213 @@ fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// Apply credit `id` inside `tx`; `true` when applied now, `false` when it was already.
+async fn credit_in(
+    tx: &mut Tx,
+    id: &str,
+    sender: &str,
+    capability: &str,
+    amount: u64,
+) -> Result<bool, LedgerError> {
+    let value = to_i64(amount)?;
+    let now = now_ms();
+    let inserted = sqlx::query(
+        "INSERT INTO entries (id, kind, party, capability, amount, state, created_ms, updated_ms)
+         VALUES (?, 'credit', ?, ?, ?, 'applied', ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(sender)
+    .bind(capability)
+    .bind(value)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let same = sqlx::query("SELECT 1 FROM entries WHERE id = ? AND kind = 'credit' AND party = ? AND capability = ? AND amount = ?")
+            .bind(id)
+            .bind(sender)
+            .bind(capability)
+            .bind(value)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if same.is_none() {
+            return Err(LedgerError::Conflict(id.to_owned()));
+        }
+        return Ok(false);
+    }
+    add_to_balance(tx, sender, capability, value).await?;
+    Ok(true)
+}
+
+/// Reserve inside `tx`. The inner `Err` is the balance when it is short (nothing changed).
+async fn reserve_in(
+    tx: &mut Tx,
+    id: &str,
+    sender: &str,
+    capability: &str,
+    model: &str,
+    units: u64,
+    amount: u64,
+) -> Result<Result<Reservation, u64>, LedgerError> {
+    let value = to_i64(amount)?;
+    let units_value = to_i64(units)?;
+    let now = now_ms();
+    let existing = sqlx::query("SELECT party, capability, amount, state FROM entries WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if let Some(row) = existing {
+        let (party, cap, held, state): (String, String, i64, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if party == sender && cap == capability && held == value && state == "reserved" {
+            return Ok(Ok(Reservation {
+                id: id.to_owned(),
+                sender: party,
+                capability: cap,
+                amount,
+            }));
+        }
+        return Err(LedgerError::Conflict(id.to_owned()));
+    }
+    let taken = sqlx::query(
+        "UPDATE balances SET balance = balance - ? WHERE sender = ? AND capability = ? AND balance >= ?",
+    )
+    .bind(value)
+    .bind(sender)
+    .bind(capability)
+    .bind(value)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if taken == 0 && amount > 0 {
+        return Ok(Err(balance_in(tx, sender, capability).await?));
+    }
+    sqlx::query(
+        "INSERT INTO entries (id, kind, party, capability, model, units, amount, state, created_ms, updated_ms)
+         VALUES (?, 'reservation', ?, ?, ?, ?, ?, 'reserved', ?, ?)",
+    )
+    .bind(id)
+    .bind(sender)
+    .bind(capability)
+    .bind(model)
+    .bind(units_value)
+    .bind(value)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Ok(Reservation {
+        id: id.to_owned(),
+        sender: sender.to_owned(),
+        capability: capability.to_owned(),
+        amount,
+    }))
+}
+
+/// Commit `tx` when the reservation was made; roll it back (undoing everything it did) and
+/// report the shortfall when the balance was short.
+async fn finish(
+    tx: Tx,
+    outcome: Result<Reservation, u64>,
+    sender: &str,
+    capability: &str,
+    needed: u64,
+) -> Result<Reservation, LedgerError> {
+    match outcome {
+        Ok(reservation) => {
+            tx.commit().await?;
+            Ok(reservation)
+        }
+        Err(balance) => {
+            tx.rollback().await?;
+            Err(LedgerError::Insufficient {
+                sender: sender.to_owned(),
+                capability: capability.to_owned(),
+                balance,
+                needed,
+            })
+        }
+    }
+}
+
+/// Release reservation `id` inside `tx`.
+async fn release_in(tx: &mut Tx, id: &str) -> Result<(), LedgerError> {
+    let row = sqlx::query(
+        "UPDATE entries SET state = 'released', updated_ms = ? WHERE id = ? AND state = 'reserved'
+         RETURNING party, capability, amount",
+    )
+    .bind(now_ms())
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| LedgerError::NoReservation(id.to_owned()))?;
+    let (party, capability, amount): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+    add_to_balance(tx, &party, &capability, amount).await
+}
+
+/// Add `amount` to a balance inside `tx`, creating it when absent.
+async fn add_to_balance(
+    tx: &mut Tx,
+    party: &str,
+    capability: &str,
+    amount: i64,
+) -> Result<(), LedgerError> {
+    sqlx::query(
+        "INSERT INTO balances (sender, capability, balance) VALUES (?, ?, ?)
+         ON CONFLICT (sender, capability) DO UPDATE SET balance = balance + excluded.balance",
+    )
+    .bind(party)
+    .bind(capability)
+    .bind(amount)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A balance read inside `tx` (zero when absent).
+async fn balance_in(tx: &mut Tx, party: &str, capability: &str) -> Result<u64, LedgerError> {
+    let balance: Option<i64> =
+        sqlx::query_scalar("SELECT balance FROM balances WHERE sender = ? AND capability = ?")
+            .bind(party)
+            .bind(capability)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(balance.map(to_u64).unwrap_or(0))
+}
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A committed change survives the process crashing (WAL, `synchronous = NORMAL`); a power
+    /// loss may roll back the last commits, never corrupt the file.
+    #[default]
+    Process,
+    /// A committed change is on disk before the commit returns (`synchronous = FULL`): it also
+    /// survives power loss, at one fsync per commit.
+    Power,
+}
+
 impl Ledger {
-    /// Open (creating if needed) the ledger database at `path` and apply the schema.
+    /// Open (creating if needed) the ledger database at `path` with [`Durability::Process`].
     pub async fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        Ledger::open_with(path, Durability::default()).await
+    }
+
+    /// Open (creating if needed) the ledger database at `path` and apply the schema.
+    pub async fn open_with(path: &Path, durability: Durability) -> Result<Ledger, LedgerError> {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(match durability {
+                Durability::Process => SqliteSynchronous::Normal,
+                Durability::Power => SqliteSynchronous::Full,
+            })
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -102,7 +325,7 @@ impl Ledger {
 
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so a
     /// transaction that reads and then writes never deadlocks with another writer.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, LedgerError> {
+    async fn write_tx(&self) -> Result<Tx, LedgerError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
@@ -115,46 +338,89 @@ impl Ledger {
         capability: &str,
         amount: u64,
     ) -> Result<Balance, LedgerError> {
-        let value = to_i64(amount)?;
-        let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO entries (id, kind, party, capability, amount, state, created_ms, updated_ms)
-             VALUES (?, 'credit', ?, ?, ?, 'applied', ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(sender)
-        .bind(capability)
-        .bind(value)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            let same = sqlx::query("SELECT 1 FROM entries WHERE id = ? AND kind = 'credit' AND party = ? AND capability = ? AND amount = ?")
-                .bind(id)
-                .bind(sender)
-                .bind(capability)
-                .bind(value)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if same.is_none() {
-                return Err(LedgerError::Conflict(id.to_owned()));
-            }
-        } else {
-            sqlx::query(
-                "INSERT INTO balances (sender, capability, balance) VALUES (?, ?, ?)
-                 ON CONFLICT (sender, capability) DO UPDATE SET balance = balance + excluded.balance",
+        credit_in(&mut tx, id, sender, capability, amount).await?;
+        tx.commit().await?;
+        self.balance(sender, capability).await
+    }
+
+    /// Credit `amount` under `credit_id` (idempotent, as [`Ledger::credit`]) and reserve
+    /// `cost` for job `id`, in one transaction: on [`LedgerError::Insufficient`] neither
+    /// happens. Returns the reservation and whether this call applied the credit.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn credit_and_reserve(
+        &self,
+        credit_id: &str,
+        amount: u64,
+        id: &str,
+        sender: &str,
+        capability: &str,
+        model: &str,
+        units: u64,
+        cost: u64,
+    ) -> Result<(Reservation, bool), LedgerError> {
+        let mut tx = self.write_tx().await?;
+        let applied = credit_in(&mut tx, credit_id, sender, capability, amount).await?;
+        let outcome = reserve_in(&mut tx, id, sender, capability, model, units, cost).await?;
+        let reservation = finish(tx, outcome, sender, capability, cost).await?;
+        Ok((reservation, applied))
+    }
+
+    /// Release reservation `id` and take back credit `credit_id` (the payment that came with
+    /// the job), in one transaction, so the balance is as if the job never came.
+    pub async fn release_and_revoke(
+        &self,
+        id: &str,
+        credit_id: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let mut tx = self.write_tx().await?;
+        release_in(&mut tx, id).await?;
+        if let Some(credit_id) = credit_id {
+            let Some(row) = sqlx::query(
+                "DELETE FROM entries WHERE id = ? AND kind = 'credit' RETURNING party, capability, amount",
             )
-            .bind(sender)
-            .bind(capability)
-            .bind(value)
+            .bind(credit_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            else {
+                tx.commit().await?;
+                return Ok(());
+            };
+            let (party, capability, amount): (String, String, i64) =
+                (row.get(0), row.get(1), row.get(2));
+            // Never fails the CHECK: the release above gave back at least this much.
+            sqlx::query(
+                "UPDATE balances SET balance = balance - ? WHERE sender = ? AND capability = ?",
+            )
+            .bind(amount)
+            .bind(&party)
+            .bind(&capability)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        self.balance(sender, capability).await
+        Ok(())
+    }
+
+    /// Totals per (party, capability, model): gateway spend (`spend` entries) or, on the
+    /// orchestrator side, settled reservations (what senders were charged).
+    pub async fn totals(&self, what: Totals) -> Result<Vec<TotalRow>, LedgerError> {
+        let sql = match what {
+            Totals::Spent => "SELECT party, capability, model, COUNT(*), SUM(amount) FROM entries WHERE kind = 'spend' GROUP BY party, capability, model ORDER BY party, capability, model",
+            // The orchestrator settles at the full reserved amount.
+            Totals::Charged => "SELECT party, capability, model, COUNT(*), SUM(amount) FROM entries WHERE kind = 'reservation' AND state = 'settled' GROUP BY party, capability, model ORDER BY party, capability, model",
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TotalRow {
+                party: r.get(0),
+                capability: r.get(1),
+                model: r.get(2),
+                jobs: to_u64(r.get::<i64, _>(3)),
+                amount: to_u64(r.get::<Option<i64>, _>(4).unwrap_or(0)),
+            })
+            .collect())
     }
 
     /// `sender`'s balance for `capability` (zero when never credited).
@@ -181,106 +447,94 @@ impl Ledger {
         units: u64,
         amount: u64,
     ) -> Result<Reservation, LedgerError> {
-        let value = to_i64(amount)?;
-        let units_value = to_i64(units)?;
-        let now = now_ms();
         let mut tx = self.write_tx().await?;
-        let existing =
-            sqlx::query("SELECT party, capability, amount, state FROM entries WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(row) = existing {
-            let (party, cap, held, state): (String, String, i64, String) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            if party == sender && cap == capability && held == value && state == "reserved" {
-                return Ok(Reservation {
-                    id: id.to_owned(),
-                    sender: party,
-                    capability: cap,
-                    amount,
-                });
-            }
-            return Err(LedgerError::Conflict(id.to_owned()));
-        }
-        let taken = sqlx::query("UPDATE balances SET balance = balance - ? WHERE sender = ? AND capability = ? AND balance >= ?")
-            .bind(value)
-            .bind(sender)
-            .bind(capability)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if taken == 0 && amount > 0 {
-            tx.rollback().await?;
-            let balance = self.balance(sender, capability).await?.amount;
-            return Err(LedgerError::Insufficient {
-                sender: sender.to_owned(),
-                capability: capability.to_owned(),
-                balance,
-                needed: amount,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO entries (id, kind, party, capability, model, units, amount, state, created_ms, updated_ms)
-             VALUES (?, 'reservation', ?, ?, ?, ?, ?, 'reserved', ?, ?)",
-        )
-        .bind(id)
-        .bind(sender)
-        .bind(capability)
-        .bind(model)
-        .bind(units_value)
-        .bind(value)
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Reservation {
-            id: id.to_owned(),
-            sender: sender.to_owned(),
-            capability: capability.to_owned(),
-            amount,
-        })
+        let outcome = reserve_in(&mut tx, id, sender, capability, model, units, amount).await?;
+        finish(tx, outcome, sender, capability, amount).await
     }
 
-    /// The job produced its result: the reserved amount is spent for good.
-    pub async fn settle(&self, id: &str) -> Result<(), LedgerError> {
-        let done = sqlx::query("UPDATE entries SET state = 'settled', updated_ms = ? WHERE id = ? AND state = 'reserved'")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if done == 0 {
-            return Err(LedgerError::NoReservation(id.to_owned()));
-        }
-        Ok(())
-    }
-
-    /// The job failed or was canceled: the reserved amount goes back to the balance.
-    pub async fn release(&self, id: &str) -> Result<(), LedgerError> {
+    /// Settle job `id` at `charge` (at most what was reserved; the rest goes back to the
+    /// balance) in one transaction, optionally recording it as spend `spend_id` under
+    /// `spend_capability` (gateway side), and return the balance after it.
+    pub async fn settle_charged(
+        &self,
+        id: &str,
+        charge: u64,
+        spend: Option<(&str, &str)>,
+    ) -> Result<Balance, LedgerError> {
         let mut tx = self.write_tx().await?;
         let row = sqlx::query(
-            "UPDATE entries SET state = 'released', updated_ms = ? WHERE id = ? AND state = 'reserved'
-             RETURNING party, capability, amount",
+            "UPDATE entries SET state = 'settled', updated_ms = ? WHERE id = ? AND kind = 'reservation' AND state = 'reserved'
+             RETURNING party, capability, model, units, amount",
         )
         .bind(now_ms())
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| LedgerError::NoReservation(id.to_owned()))?;
-        let (party, capability, amount): (String, String, i64) =
-            (row.get(0), row.get(1), row.get(2));
-        sqlx::query(
-            "INSERT INTO balances (sender, capability, balance) VALUES (?, ?, ?)
-             ON CONFLICT (sender, capability) DO UPDATE SET balance = balance + excluded.balance",
+        let (party, capability, model, units, reserved): (String, String, String, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let charged = reserved.min(to_i64(charge)?);
+        // What was held but not charged returns to the balance.
+        let balance: i64 = sqlx::query_scalar(
+            "UPDATE balances SET balance = balance + ? WHERE sender = ? AND capability = ? RETURNING balance",
         )
+        .bind(reserved - charged)
         .bind(&party)
         .bind(&capability)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0);
+        if let Some((spend_id, spend_capability)) = spend {
+            let now = now_ms();
+            sqlx::query(
+                "INSERT INTO entries (id, kind, party, capability, model, units, amount, state, created_ms, updated_ms)
+                 VALUES (?, 'spend', ?, ?, ?, ?, ?, 'applied', ?, ?)",
+            )
+            .bind(spend_id)
+            .bind(&party)
+            .bind(spend_capability)
+            .bind(&model)
+            .bind(units)
+            .bind(charged)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Balance {
+            amount: to_u64(balance),
+        })
+    }
+
+    /// Reserve `cost` for job `id`, first crediting (under `credit_id`) whatever the balance
+    /// lacks, in one transaction. Returns the reservation and the amount credited (what the
+    /// sender must pay now).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve_with_topup(
+        &self,
+        credit_id: &str,
+        id: &str,
+        party: &str,
+        capability: &str,
+        model: &str,
+        units: u64,
+        cost: u64,
+    ) -> Result<(Reservation, u64), LedgerError> {
+        let mut tx = self.write_tx().await?;
+        let topup = cost.saturating_sub(balance_in(&mut tx, party, capability).await?);
+        if topup > 0 {
+            credit_in(&mut tx, credit_id, party, capability, topup).await?;
+        }
+        let outcome = reserve_in(&mut tx, id, party, capability, model, units, cost).await?;
+        let reservation = finish(tx, outcome, party, capability, cost).await?;
+        Ok((reservation, topup))
+    }
+
+    /// The job failed or was canceled: the reserved amount goes back to the balance.
+    pub async fn release(&self, id: &str) -> Result<(), LedgerError> {
+        let mut tx = self.write_tx().await?;
+        release_in(&mut tx, id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -311,65 +565,6 @@ impl Ledger {
             );
         }
         Ok(released)
-    }
-
-    /// Gateway side: record that job `id` cost `amount` with `orchestrator`. Idempotent by id.
-    pub async fn record_spend(
-        &self,
-        id: &str,
-        orchestrator: &str,
-        capability: &str,
-        model: &str,
-        units: u64,
-        amount: u64,
-    ) -> Result<(), LedgerError> {
-        let value = to_i64(amount)?;
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO entries (id, kind, party, capability, model, units, amount, state, created_ms, updated_ms)
-             VALUES (?, 'spend', ?, ?, ?, ?, ?, 'applied', ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(orchestrator)
-        .bind(capability)
-        .bind(model)
-        .bind(to_i64(units)?)
-        .bind(value)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            let same = sqlx::query("SELECT 1 FROM entries WHERE id = ? AND kind = 'spend' AND party = ? AND amount = ?")
-                .bind(id)
-                .bind(orchestrator)
-                .bind(value)
-                .fetch_optional(&self.pool)
-                .await?;
-            if same.is_none() {
-                return Err(LedgerError::Conflict(id.to_owned()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Gateway side: total spent with `orchestrator` for a capability and model.
-    pub async fn spent(
-        &self,
-        orchestrator: &str,
-        capability: &str,
-        model: &str,
-    ) -> Result<u64, LedgerError> {
-        let total: Option<i64> = sqlx::query_scalar(
-            "SELECT SUM(amount) FROM entries WHERE kind = 'spend' AND party = ? AND capability = ? AND model = ?",
-        )
-        .bind(orchestrator)
-        .bind(capability)
-        .bind(model)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(total.map(to_u64).unwrap_or(0))
     }
 }
 
@@ -447,18 +642,60 @@ mod tests {
         l.release("job-1").await.expect("release");
         assert_eq!(l.balance("bob", "t2i").await.expect("b").amount, 100);
         assert!(matches!(
-            l.settle("job-1").await,
+            l.settle_charged("job-1", 70, None).await,
             Err(LedgerError::NoReservation(_))
         ));
         l.reserve("job-3", "bob", "t2i", "sdxl", 10, 100)
             .await
             .expect("reserve");
-        l.settle("job-3").await.expect("settle");
+        l.settle_charged("job-3", 100, None).await.expect("settle");
         assert!(matches!(
             l.release("job-3").await,
             Err(LedgerError::NoReservation(_))
         ));
         assert_eq!(l.balance("bob", "t2i").await.expect("b").amount, 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_without_a_result_leaves_the_balance_as_it_was() {
+        let (l, _d) = ledger().await;
+        l.credit("old", "erin", "llm", 30).await.expect("credit");
+        // Pay 70 more with the job, reserve 100; the job fails: both go back atomically.
+        let (_, applied) = l
+            .credit_and_reserve("p1", 70, "j1", "erin", "llm", "m", 1, 100)
+            .await
+            .expect("reserve");
+        assert!(applied);
+        assert_eq!(l.balance("erin", "llm").await.expect("b").amount, 0);
+        l.release_and_revoke("j1", Some("p1"))
+            .await
+            .expect("release");
+        assert_eq!(l.balance("erin", "llm").await.expect("b").amount, 30);
+        // Short even with the payment: nothing is applied.
+        let err = l
+            .credit_and_reserve("p2", 10, "j2", "erin", "llm", "m", 1, 100)
+            .await
+            .expect_err("short");
+        assert!(
+            matches!(
+                err,
+                LedgerError::Insufficient {
+                    balance: 40,
+                    needed: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(l.balance("erin", "llm").await.expect("b").amount, 30);
+        // The gateway side pays only what the balance lacks.
+        let (_, topup) = l
+            .reserve_with_topup("p3", "j3", "erin", "llm", "m", 1, 100)
+            .await
+            .expect("reserve");
+        assert_eq!(topup, 70);
+        let after = l.settle_charged("j3", 90, None).await.expect("settle");
+        assert_eq!(after.amount, 10);
     }
 
     #[tokio::test]
@@ -500,19 +737,33 @@ mod tests {
             l.reserve("job", "dave", "upscale", "x4", 1, 200)
                 .await
                 .expect("reserve");
-            l.record_spend("g-1", "orch-a", "upscale", "x4", 65536, 42)
+            // Gateway side: two jobs with orch-a, one charged less than reserved.
+            for (job, charge) in [("g-1", 42), ("g-2", 8)] {
+                l.reserve_with_topup(
+                    &format!("{job}-pay"),
+                    job,
+                    "orch-a",
+                    "upscale/x4",
+                    "x4",
+                    65536,
+                    42,
+                )
                 .await
-                .expect("spend");
-            l.record_spend("g-1", "orch-a", "upscale", "x4", 65536, 42)
-                .await
-                .expect("retry");
-            l.record_spend("g-2", "orch-a", "upscale", "x4", 65536, 8)
-                .await
-                .expect("spend");
+                .expect("reserve");
+                l.settle_charged(job, charge, Some((&format!("{job}-spend"), "upscale")))
+                    .await
+                    .expect("settle");
+            }
         }
         let l = Ledger::open(&path).await.expect("reopen");
         assert_eq!(l.balance("dave", "upscale").await.expect("b").amount, 300);
-        assert_eq!(l.spent("orch-a", "upscale", "x4").await.expect("spent"), 50);
+        let spent = l.totals(Totals::Spent).await.expect("totals");
+        assert_eq!((spent[0].jobs, spent[0].amount), (2, 50));
+        // g-2 was charged 8 of the 42 it reserved: 34 came back to the balance.
+        assert_eq!(
+            l.balance("orch-a", "upscale/x4").await.expect("b").amount,
+            34
+        );
         assert_eq!(l.release_stale(Duration::ZERO).await.expect("stale"), 1);
         assert_eq!(l.balance("dave", "upscale").await.expect("b").amount, 500);
         assert_eq!(l.release_stale(Duration::ZERO).await.expect("stale"), 0);

@@ -6,10 +6,12 @@
 //!   the reservation afterwards, so nobody is charged without a result and a crash never loses
 //!   a credit. The gateway side records what it spent per (orchestrator, capability, model).
 //!   Every movement carries a caller-chosen id: a retried credit or spend applies once.
+//! - [`credit`]: signed off-chain payments (the `Weir-Payment` header) and the sender's wallet.
 
+pub mod credit;
 mod ledger;
 
-pub use ledger::{Balance, Ledger, LedgerError, Reservation};
+pub use ledger::{Balance, Durability, Ledger, LedgerError, Reservation, TotalRow, Totals};
 
 /// A price: `price_per_unit` base units buy `pixels_per_unit` units of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

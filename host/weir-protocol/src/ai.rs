@@ -42,6 +42,48 @@ pub struct FormInput {
 enum Source<'a> {
     Json(&'a Map<String, Value>),
     Form(&'a FormInput),
+    /// No input: every field reads as absent and is recorded in the schema.
+    Schema,
+}
+
+/// One field of a request as the validation code reads it; the OpenAPI document is built
+/// from these, so the documented and the enforced rules are the same.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldSpec {
+    /// Field name.
+    pub name: String,
+    /// JSON-Schema type: `string`, `integer`, `number`, `boolean`, `file`, `messages`.
+    pub kind: &'static str,
+    /// Whether it must be sent.
+    pub required: bool,
+    /// Default when absent.
+    pub default: Option<Value>,
+    /// Inclusive minimum.
+    pub minimum: Option<f64>,
+    /// Inclusive maximum.
+    pub maximum: Option<f64>,
+    /// Value must be a multiple of this.
+    pub multiple_of: Option<u32>,
+    /// Longest text, in characters.
+    pub max_length: Option<usize>,
+    /// Accepted MIME types of a file.
+    pub media_types: Vec<String>,
+}
+
+impl FieldSpec {
+    fn new(name: &str, kind: &'static str) -> FieldSpec {
+        FieldSpec {
+            name: name.to_owned(),
+            kind,
+            required: false,
+            default: None,
+            minimum: None,
+            maximum: None,
+            multiple_of: None,
+            max_length: None,
+            media_types: Vec::new(),
+        }
+    }
 }
 
 enum Raw<'a> {
@@ -53,6 +95,7 @@ enum Raw<'a> {
 struct Reader<'a> {
     source: Source<'a>,
     errors: ValidationErrors,
+    schema: Vec<FieldSpec>,
 }
 
 impl<'a> Reader<'a> {
@@ -65,10 +108,24 @@ impl<'a> Reader<'a> {
                 .map(String::as_str)
                 .filter(|s| !s.is_empty())
                 .map(Raw::Form),
+            Source::Schema => None,
+        }
+    }
+
+    fn record(&mut self, spec: FieldSpec) {
+        if matches!(self.source, Source::Schema) && !self.schema.iter().any(|f| f.name == spec.name)
+        {
+            self.schema.push(spec);
         }
     }
 
     fn text(&mut self, name: &str, required: bool, default: &str) -> String {
+        self.record(FieldSpec {
+            required,
+            default: (!required).then(|| Value::String(default.to_owned())),
+            max_length: Some(MAX_TEXT_CHARS),
+            ..FieldSpec::new(name, "string")
+        });
         match self.raw(name) {
             None if required => {
                 self.errors.push(name, "missing", "field required");
@@ -100,6 +157,12 @@ impl<'a> Reader<'a> {
     }
 
     fn int(&mut self, name: &str, default: Option<i64>, min: i64, max: i64) -> Option<i64> {
+        self.record(FieldSpec {
+            default: default.map(Value::from),
+            minimum: Some(min as f64),
+            maximum: Some(max as f64),
+            ..FieldSpec::new(name, "integer")
+        });
         let value = match self.raw(name) {
             None => return default,
             Some(Raw::Json(Value::Number(n))) => n.as_i64().or_else(|| {
@@ -148,6 +211,12 @@ impl<'a> Reader<'a> {
     }
 
     fn number(&mut self, name: &str, default: f64, min: f64, max: f64) -> f64 {
+        self.record(FieldSpec {
+            default: Some(Value::from(default)),
+            minimum: Some(min),
+            maximum: Some(max),
+            ..FieldSpec::new(name, "number")
+        });
         let value = match self.raw(name) {
             None => return default,
             Some(Raw::Json(Value::Number(n))) => n.as_f64(),
@@ -172,6 +241,10 @@ impl<'a> Reader<'a> {
     }
 
     fn flag(&mut self, name: &str, default: bool) -> bool {
+        self.record(FieldSpec {
+            default: Some(Value::Bool(default)),
+            ..FieldSpec::new(name, "boolean")
+        });
         match self.raw(name) {
             None => default,
             Some(Raw::Json(Value::Bool(b))) => *b,
@@ -199,6 +272,9 @@ impl<'a> Reader<'a> {
     /// A dimension: a multiple of 8 within 64..=max.
     fn dimension(&mut self, name: &str, default: u32, max: u32) -> u32 {
         let v = self.uint(name, default, 64, max);
+        if let Some(spec) = self.schema.iter_mut().find(|f| f.name == name) {
+            spec.multiple_of = Some(8);
+        }
         if !v.is_multiple_of(8) {
             self.errors.push(
                 name,
@@ -211,6 +287,14 @@ impl<'a> Reader<'a> {
     }
 
     fn file(&mut self, name: &str, types: &[&str]) -> Option<FilePart> {
+        if matches!(self.source, Source::Schema) {
+            self.record(FieldSpec {
+                required: true,
+                media_types: types.iter().map(|t| (*t).to_owned()).collect(),
+                ..FieldSpec::new(name, "file")
+            });
+            return None;
+        }
         let Source::Form(form) = self.source else {
             self.errors.push(
                 name,
@@ -252,6 +336,9 @@ impl<'a> Reader<'a> {
 
     fn model(&mut self, capability: Capability) -> String {
         let model = self.text("model_id", false, "");
+        if let Some(spec) = self.schema.iter_mut().find(|f| f.name == "model_id") {
+            spec.default = Some(Value::String(capability.default_model().to_owned()));
+        }
         if model.is_empty() {
             capability.default_model().to_owned()
         } else {
@@ -602,6 +689,13 @@ fn read(capability: Capability, r: &mut Reader<'_>) -> AiRequest {
 }
 
 fn read_messages(r: &mut Reader<'_>) -> Vec<ChatMessage> {
+    if matches!(r.source, Source::Schema) {
+        r.record(FieldSpec {
+            required: true,
+            ..FieldSpec::new("messages", "messages")
+        });
+        return Vec::new();
+    }
     let Some(Raw::Json(value)) = r.raw("messages") else {
         r.errors.push(
             "messages",
@@ -654,6 +748,7 @@ impl AiRequest {
         let mut reader = Reader {
             source: Source::Json(map),
             errors: ValidationErrors::default(),
+            schema: Vec::new(),
         };
         let request = read(capability, &mut reader);
         reader.finish(request)
@@ -667,9 +762,22 @@ impl AiRequest {
         let mut reader = Reader {
             source: Source::Form(form),
             errors: ValidationErrors::default(),
+            schema: Vec::new(),
         };
         let request = read(capability, &mut reader);
         reader.finish(request)
+    }
+
+    /// The fields `capability` reads, with their types, defaults and ranges, in the order the
+    /// validation reads them.
+    pub fn schema(capability: Capability) -> Vec<FieldSpec> {
+        let mut reader = Reader {
+            source: Source::Schema,
+            errors: ValidationErrors::default(),
+            schema: Vec::new(),
+        };
+        read(capability, &mut reader);
+        reader.schema
     }
 
     /// The capability of this request.

@@ -61,6 +61,92 @@ impl ValidationErrors {
     }
 }
 
+/// An error answer of the AI API: a status and a body in one of the two shapes Livepeer
+/// clients parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiHttpError {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: AiErrorBody,
+}
+
+/// The body of an [`AiHttpError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AiErrorBody {
+    /// `{"detail":{"msg"}}`.
+    Message(HttpErrorBody),
+    /// `{"detail":[{loc,msg,type}]}` (422).
+    Validation(ValidationErrors),
+}
+
+impl AiHttpError {
+    /// `status` with `{"detail":{"msg": msg}}`.
+    pub fn new(status: u16, msg: impl Into<String>) -> AiHttpError {
+        AiHttpError {
+            status,
+            body: AiErrorBody::Message(HttpErrorBody::new(msg)),
+        }
+    }
+
+    /// The human-readable cause.
+    pub fn message(&self) -> String {
+        match &self.body {
+            AiErrorBody::Message(m) => m.detail.msg.clone(),
+            AiErrorBody::Validation(v) => v.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for AiHttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.message())
+    }
+}
+
+impl From<crate::body::BodyError> for AiHttpError {
+    fn from(e: crate::body::BodyError) -> AiHttpError {
+        let status = e.status();
+        match e {
+            crate::body::BodyError::Invalid(v) => AiHttpError {
+                status,
+                body: AiErrorBody::Validation(v),
+            },
+            other => AiHttpError::new(status, other.to_string()),
+        }
+    }
+}
+
+/// A body that could not be read (over the size limit, cut off), in the AI error shape.
+#[cfg(feature = "axum")]
+impl From<axum_core::extract::rejection::BytesRejection> for AiHttpError {
+    fn from(e: axum_core::extract::rejection::BytesRejection) -> AiHttpError {
+        let status = e.status().as_u16();
+        let what = if status == 413 {
+            "request body too large"
+        } else {
+            "cannot read the request body"
+        };
+        AiHttpError::new(status, format!("{what}: {}", e.body_text()))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for AiHttpError {
+    fn into_response(self) -> axum_core::response::Response {
+        let status = http::StatusCode::from_u16(self.status)
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.body).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

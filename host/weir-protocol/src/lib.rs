@@ -3,12 +3,21 @@
 //! - [`capability`]: the AI capabilities, their default models and the unit each one is billed in.
 //! - [`ai`]: request bodies of the Livepeer-compatible AI API with Livepeer's field names and
 //!   defaults, validated into typed requests; response bodies.
+//! - [`auth`]: comparing presented secrets in constant time.
+//! - [`body`]: reading JSON and multipart request bodies with limits, into validated requests
+//!   and the media facts billing needs.
+//! - [`openapi`]: the OpenAPI 3.1 document of the AI API, built from the validation code.
+//! - [`info`]: what an orchestrator advertises, and the job headers.
 //! - [`error`]: error bodies in the shapes Livepeer clients parse (`{"detail":{"msg"}}` and
 //!   `{"detail":[{loc,msg,type}]}`), with the real cause in the message.
 
 pub mod ai;
+pub mod auth;
+pub mod body;
 pub mod capability;
 pub mod error;
+pub mod info;
+pub mod openapi;
 
 pub use capability::{Capability, UnitKind};
-pub use error::{FieldError, ValidationErrors};
+pub use error::{AiErrorBody, AiHttpError, FieldError, ValidationErrors};

@@ -27,6 +27,7 @@ mod engine;
 mod error;
 mod host;
 mod inspect;
+pub mod jobs;
 mod limits;
 mod manifest;
 pub mod media;

@@ -32,6 +32,9 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 16)]
         candidates: usize,
     },
+    /// Latency and throughput added by the gateway hop against calling the orchestrator
+    /// directly, and the ONNX upscaler against onnxruntime's Python package.
+    Gateway(crate::bench_gateway::GatewayBench),
 }
 
 /// Run a benchmark.
@@ -48,6 +51,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             iterations.max(100),
             candidates.max(1),
         ),
+        BenchCmd::Gateway(args) => crate::bench_gateway::run(args),
     }
 }
 

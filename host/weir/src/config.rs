@@ -15,6 +15,65 @@ pub struct FileConfig {
     pub runtime: RuntimeSection,
     /// `[policies]`: which components make decisions.
     pub policies: PoliciesSection,
+    /// `[gateway]`: the gateway role.
+    pub gateway: GatewaySection,
+    /// `[orchestrator]`: the orchestrator role.
+    pub orchestrator: OrchestratorSection,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Orchestrator addresses (`--orchAddr`).
+    pub orchestrators: Vec<String>,
+    /// URL answering `[{"address": ...}]` with more orchestrators (`--orchWebhookUrl`).
+    pub orch_webhook_url: Option<String>,
+    /// Seconds between `/info` refreshes (default 10).
+    pub refresh_secs: Option<u64>,
+    /// Seconds a webhook answer is used (default 60).
+    pub webhook_secs: Option<u64>,
+    /// Bearer tokens clients must present.
+    pub auth_tokens: Vec<String>,
+    /// Accept requests without a token (local development).
+    pub open: Option<bool>,
+    /// Most orchestrators tried per request (default 5).
+    pub max_attempts: Option<u32>,
+    /// Seconds during which new attempts may start (default 30).
+    pub retry_budget_secs: Option<u64>,
+    /// Deadline of one attempt in seconds (default 300).
+    pub attempt_timeout_secs: Option<u64>,
+    /// Seconds a failing orchestrator is left out (default 30).
+    pub suspend_secs: Option<u64>,
+    /// Base URL of result links (default: the HTTP listen address).
+    pub public_url: Option<String>,
+    /// Largest uploaded file in MiB (default 32).
+    pub max_upload_mib: Option<usize>,
+    /// Most paid per capability or `capability/model`: `"PPU"` or `"PPU/UNITS"`.
+    pub max_price: std::collections::BTreeMap<String, String>,
+}
+
+/// `[orchestrator]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrchestratorSection {
+    /// Listen address of the orchestrator API in a combined node (default `127.0.0.1:0`);
+    /// `weir orchestrator` serves it on `http_addr`.
+    pub service_addr: Option<SocketAddr>,
+    /// URL gateways use (default: `http://` + the listen address).
+    pub service_url: Option<String>,
+    /// Region label advertised.
+    pub region: Option<String>,
+    /// GPU class advertised (default `cpu`).
+    pub gpu_class: Option<String>,
+    /// Seconds of clock skew accepted on payments (default 300).
+    pub max_payment_skew_secs: Option<u64>,
+    /// Seconds between runner health checks (default 10).
+    pub health_secs: Option<u64>,
+    /// Largest uploaded file in MiB (default 32).
+    pub max_upload_mib: Option<usize>,
+    /// What is served.
+    pub models: Vec<weir_orchestrator::ModelEntry>,
 }
 
 /// `[node]`.
@@ -31,6 +90,9 @@ pub struct NodeSection {
     pub admin_token: Option<String>,
     /// `text` or `json`.
     pub log_format: Option<String>,
+    /// Ledger commits survive a `process` crash (default) or also a `power` loss (one fsync
+    /// per commit).
+    pub ledger_durability: Option<weir_payments::Durability>,
 }
 
 /// `[runtime]`.
@@ -78,6 +140,20 @@ pub struct Overrides {
     /// Log format: text or json.
     #[arg(long, env = "WEIR_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Orchestrator addresses, comma separated (gateway).
+    #[arg(
+        long,
+        alias = "orchAddr",
+        env = "WEIR_ORCH_ADDR",
+        value_delimiter = ','
+    )]
+    pub orch_addr: Vec<String>,
+    /// Webhook listing orchestrators (gateway).
+    #[arg(long, alias = "orchWebhookUrl", env = "WEIR_ORCH_WEBHOOK_URL")]
+    pub orch_webhook_url: Option<String>,
+    /// Listen address of the orchestrator API in a combined node.
+    #[arg(long, alias = "serviceAddr", env = "WEIR_SERVICE_ADDR")]
+    pub service_addr: Option<SocketAddr>,
 }
 
 /// The effective settings of a node.
@@ -105,6 +181,12 @@ pub struct NodeConfig {
     pub router: String,
     /// Pricing component.
     pub pricing: String,
+    /// How durable ledger commits are.
+    pub ledger_durability: weir_payments::Durability,
+    /// The gateway role's settings (flags merged in).
+    pub gateway: GatewaySection,
+    /// The orchestrator role's settings (flags merged in).
+    pub orchestrator: OrchestratorSection,
 }
 
 /// Default HTTP address of a node.
@@ -215,7 +297,30 @@ impl NodeConfig {
                 "runtime.reload_debounce_ms must be at most 10000".into(),
             ));
         }
+        let mut gateway = file.gateway;
+        if !o.orch_addr.is_empty() {
+            gateway.orchestrators = o.orch_addr.clone();
+        }
+        if o.orch_webhook_url.is_some() {
+            gateway.orch_webhook_url = o.orch_webhook_url.clone();
+        }
+        for (key, raw) in &gateway.max_price {
+            weir_gateway::parse_price(raw)
+                .map_err(|e| ConfigError::Invalid(format!("gateway.max_price.{key}: {e}")))?;
+        }
+        if gateway.max_attempts == Some(0) {
+            return Err(ConfigError::Invalid(
+                "gateway.max_attempts must be at least 1".into(),
+            ));
+        }
+        let mut orchestrator = file.orchestrator;
+        if o.service_addr.is_some() {
+            orchestrator.service_addr = o.service_addr;
+        }
         Ok(NodeConfig {
+            ledger_durability: file.node.ledger_durability.unwrap_or_default(),
+            gateway,
+            orchestrator,
             http_addr,
             data_dir,
             components_dir,
@@ -257,6 +362,22 @@ mod tests {
         assert_eq!(c.components_dir, PathBuf::from("/var/weir/components"));
         assert_eq!(c.router, "mine");
         assert_eq!(c.pricing, "default-pricing");
+    }
+
+    #[test]
+    fn the_shipped_example_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/configs") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let file = FileConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                NodeConfig::merge(file, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 3);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod api;
 mod bench;
+mod bench_gateway;
 mod component_cmd;
 mod config;
 mod node;
@@ -23,6 +24,10 @@ struct Cli {
 enum Command {
     /// Run a combined gateway + orchestrator node.
     Node(config::Overrides),
+    /// Run a gateway: the AI API in front of orchestrators.
+    Gateway(config::Overrides),
+    /// Run an orchestrator: do AI work for gateways.
+    Orchestrator(config::Overrides),
     /// Build, check and list components.
     #[command(subcommand)]
     Component(component_cmd::ComponentCmd),
@@ -43,18 +48,21 @@ fn init_logs(json: bool) {
     }
 }
 
+fn serve(overrides: &config::Overrides, role: node::Role) -> anyhow::Result<()> {
+    let config = config::NodeConfig::resolve(overrides)?;
+    init_logs(config.json_logs);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(node::run(config, role))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Node(overrides) => config::NodeConfig::resolve(&overrides)
-            .map_err(anyhow::Error::from)
-            .and_then(|config| {
-                init_logs(config.json_logs);
-                tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(node::run(config))
-            }),
+        Command::Node(overrides) => serve(&overrides, node::Role::Node),
+        Command::Gateway(overrides) => serve(&overrides, node::Role::Gateway),
+        Command::Orchestrator(overrides) => serve(&overrides, node::Role::Orchestrator),
         Command::Component(cmd) => {
             init_logs(false);
             component_cmd::run(cmd)

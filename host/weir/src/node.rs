@@ -32,11 +32,15 @@ pub fn build_registry(
 
 /// The admin token: configured, or read from / generated into `<data_dir>/admin-token`.
 fn admin_token(config: &NodeConfig) -> anyhow::Result<String> {
-    if let Some(t) = &config.admin_token {
-        return Ok(t.clone());
+    match &config.admin_token {
+        Some(t) => Ok(t.clone()),
+        None => token_file(&config.data_dir.join("admin-token"), "an admin token"),
     }
-    let path = config.data_dir.join("admin-token");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
+}
+
+/// A secret read from `path`, or generated into it (mode 0600) when absent or too short.
+fn token_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
         let t = existing.trim().to_owned();
         if t.len() >= 16 {
             return Ok(t);
@@ -45,8 +49,8 @@ fn admin_token(config: &NodeConfig) -> anyhow::Result<String> {
     let token: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
-    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated an admin token");
+    write_private(path, &token).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated {what}");
     Ok(token)
 }
 
@@ -58,8 +62,116 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(text.as_bytes())
 }
 
-/// Run a node until SIGINT/SIGTERM.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+/// Which roles a process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway and orchestrator in one process (talking HTTP on loopback).
+    Node,
+    /// Gateway only.
+    Gateway,
+    /// Orchestrator only.
+    Orchestrator,
+}
+
+impl Role {
+    fn gateway(self) -> bool {
+        matches!(self, Role::Node | Role::Gateway)
+    }
+
+    fn orchestrator(self) -> bool {
+        matches!(self, Role::Node | Role::Orchestrator)
+    }
+}
+
+fn secs(value: Option<u64>, default: u64) -> Duration {
+    Duration::from_secs(value.unwrap_or(default))
+}
+
+fn mib(value: Option<usize>) -> usize {
+    value.unwrap_or(32).clamp(1, 1024) << 20
+}
+
+/// The gateway settings of `config`; `public_url` is the default result base URL and
+/// `local_orchestrator` the combined node's own orchestrator.
+pub fn gateway_config(
+    config: &NodeConfig,
+    public_url: &str,
+    local_orchestrator: Option<String>,
+) -> anyhow::Result<weir_gateway::GatewayConfig> {
+    let g = &config.gateway;
+    let mut orchestrators = g.orchestrators.clone();
+    orchestrators.extend(local_orchestrator);
+    let mut max_prices = std::collections::BTreeMap::new();
+    for (key, raw) in &g.max_price {
+        let price = weir_gateway::parse_price(raw)
+            .map_err(|e| anyhow::anyhow!("gateway.max_price.{key}: {e}"))?;
+        max_prices.insert(key.clone(), price);
+    }
+    let open = g.open.unwrap_or(false);
+    let mut auth_tokens = g.auth_tokens.clone();
+    if !open && auth_tokens.is_empty() {
+        // No tokens configured and not open: one is generated for the operator to hand out.
+        auth_tokens.push(token_file(
+            &config.data_dir.join("api-token"),
+            "a client API token",
+        )?);
+    }
+    let upload = mib(g.max_upload_mib);
+    Ok(weir_gateway::GatewayConfig {
+        orchestrators,
+        orch_webhook_url: g.orch_webhook_url.clone(),
+        refresh_interval: secs(g.refresh_secs, 10).max(Duration::from_millis(100)),
+        webhook_interval: secs(g.webhook_secs, 60),
+        router: config.router.clone(),
+        max_prices,
+        auth_tokens,
+        open,
+        max_attempts: g.max_attempts.unwrap_or(5),
+        retry_budget: secs(g.retry_budget_secs, 30),
+        attempt_timeout: secs(g.attempt_timeout_secs, 300),
+        suspend_for: secs(g.suspend_secs, 30),
+        public_url: g
+            .public_url
+            .clone()
+            .unwrap_or_else(|| public_url.to_owned()),
+        results_dir: config.data_dir.join("results"),
+        max_file_bytes: upload,
+        max_body_bytes: upload + (1 << 20),
+    })
+}
+
+/// The orchestrator settings of `config`, advertised at `service_url` unless configured.
+pub fn orchestrator_config(
+    config: &NodeConfig,
+    service_url: &str,
+) -> weir_orchestrator::OrchestratorConfig {
+    let o = &config.orchestrator;
+    let upload = mib(o.max_upload_mib);
+    weir_orchestrator::OrchestratorConfig {
+        service_url: o
+            .service_url
+            .clone()
+            .unwrap_or_else(|| service_url.to_owned()),
+        pricing: config.pricing.clone(),
+        region: o.region.clone().unwrap_or_default(),
+        gpu_class: o.gpu_class.clone().unwrap_or_else(|| "cpu".to_owned()),
+        models: o.models.clone(),
+        max_payment_skew: secs(o.max_payment_skew_secs, 300),
+        max_file_bytes: upload,
+        max_body_bytes: upload + (1 << 20),
+        health_interval: secs(o.health_secs, 10).max(Duration::from_millis(100)),
+    }
+}
+
+async fn open_ledger(config: &NodeConfig, file: &str) -> anyhow::Result<weir_payments::Ledger> {
+    let path = config.data_dir.join(file);
+    weir_payments::Ledger::open_with(&path, config.ledger_durability)
+        .await
+        .with_context(|| format!("opening the ledger {}", path.display()))
+}
+
+/// Run a node (or one role) until SIGINT/SIGTERM.
+pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let metrics = prometheus::Registry::new();
@@ -77,27 +189,105 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     );
     let _watch = registry.watch(Duration::from_millis(config.reload_debounce_ms))?;
 
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    let addr = listener.local_addr()?;
+    let http_url = format!("http://{addr}");
+    let mut ledgers = Vec::new();
+    let mut extra = axum::Router::new();
+    let mut ready_line = format!("weir ready http={http_url}");
+    let mut tasks = Vec::new();
+
+    // The orchestrator: on its own listener in a combined node, on the main one otherwise.
+    let mut local_orchestrator = None;
+    let mut orchestrator_server = None;
+    if role.orchestrator() {
+        let (service_listener, service_url) = if role == Role::Node {
+            let service_addr = config
+                .orchestrator
+                .service_addr
+                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+            let l = tokio::net::TcpListener::bind(service_addr)
+                .await
+                .with_context(|| format!("binding the orchestrator at {service_addr}"))?;
+            let url = format!("http://{}", l.local_addr()?);
+            (Some(l), url)
+        } else {
+            (None, http_url.clone())
+        };
+        let orch_config = orchestrator_config(&config, &service_url);
+        let orchestrator = weir_orchestrator::Orchestrator::new(
+            orch_config,
+            registry.clone(),
+            open_ledger(&config, "orchestrator-ledger.db").await?,
+            &metrics,
+        )
+        .await
+        .context("starting the orchestrator")?;
+        tasks.push(orchestrator.spawn_health_checks());
+        ledgers.push(("orchestrator", orchestrator.ledger().clone()));
+        match service_listener {
+            Some(l) => {
+                ready_line.push_str(&format!(" orchestrator={service_url}"));
+                local_orchestrator = Some(service_url);
+                let router = orchestrator
+                    .router()
+                    .route("/healthz", axum::routing::get(|| async { "ok" }));
+                orchestrator_server = Some(tokio::spawn(async move {
+                    axum::serve(l, router)
+                        .with_graceful_shutdown(shutdown_signal())
+                        .await
+                }));
+            }
+            None => extra = extra.merge(orchestrator.router()),
+        }
+    }
+    if role.gateway() {
+        let gw_config = gateway_config(&config, &http_url, local_orchestrator)?;
+        let gateway = weir_gateway::Gateway::new(
+            gw_config,
+            registry.clone(),
+            open_ledger(&config, "gateway-ledger.db").await?,
+            &config.data_dir.join("wallet.key"),
+            &metrics,
+        )
+        .await
+        .context("starting the gateway")?;
+        ledgers.push(("gateway", gateway.ledger().clone()));
+        extra = extra.merge(gateway.router());
+        // Serve first, refresh in the background: orchestrators may start after us.
+        let g = gateway.clone();
+        tasks.push(tokio::spawn(async move {
+            let _refresh = g.start().await;
+            std::future::pending::<()>().await;
+        }));
+    }
+
     let state = AppState {
         registry,
         metrics,
         admin_token: admin_token(&config)?.into(),
         router: config.router.as_str().into(),
         pricing: config.pricing.as_str().into(),
+        ledgers: ledgers.into(),
     };
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving HTTP");
+    tracing::info!(%addr, ?role, "serving HTTP");
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "weir ready http=http://{addr}")?;
+        writeln!(out, "{ready_line}")?;
         out.flush()?;
     }
-    axum::serve(listener, app(state))
+    axum::serve(listener, app(state, extra))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server")?;
+    if let Some(s) = orchestrator_server {
+        s.abort();
+    }
+    for t in tasks {
+        t.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub router: Arc<str>,
     /// Pricing component the node uses.
     pub pricing: Arc<str>,
+    /// The ledgers of the roles this process plays, by role name.
+    pub ledgers: Arc<[(&'static str, weir_payments::Ledger)]>,
 }
 
 /// An error answer: `{"error": {"code", "message"}}` with an HTTP status.
@@ -79,8 +81,8 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-/// The node's router.
-pub fn app(state: AppState) -> Router {
+/// The node's router: health, metrics, the admin API, and the roles' routes (`roles`).
+pub fn app(state: AppState, roles: Router) -> Router {
     let admin = Router::new()
         .route("/admin/components", get(list_components))
         .route(
@@ -92,16 +94,39 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/admin/components/{name}/reload", post(reload_component))
         .route("/admin/components/{name}/call", post(call_component))
+        .route("/admin/ledger", get(ledger_totals))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(admin)
+        .with_state(state)
+        .merge(roles)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
-        .with_state(state)
+}
+
+/// `GET /admin/ledger`: totals per party, capability and model — what the gateway spent with
+/// each orchestrator, and what the orchestrator charged each sender.
+async fn ledger_totals(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut out = serde_json::Map::new();
+    for (role, ledger) in state.ledgers.iter() {
+        let what = if *role == "gateway" {
+            weir_payments::Totals::Spent
+        } else {
+            weir_payments::Totals::Charged
+        };
+        let rows = ledger.totals(what).await.map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ledger", e.to_string())
+        })?;
+        out.insert(
+            (*role).to_owned(),
+            serde_json::to_value(rows).unwrap_or_default(),
+        );
+    }
+    Ok(Json(serde_json::Value::Object(out)))
 }
 
 async fn require_admin(
@@ -115,7 +140,12 @@ async fn require_admin(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => {
+        Some(token)
+            if weir_protocol::auth::constant_time_eq(
+                token.as_bytes(),
+                state.admin_token.as_bytes(),
+            ) =>
+        {
             next.run(req).await
         }
         Some(_) => ApiError::new(
@@ -138,10 +168,6 @@ async fn require_admin(
             resp
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {

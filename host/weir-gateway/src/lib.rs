@@ -1,0 +1,23 @@
+//! The gateway role: the Livepeer-compatible AI API in front of many orchestrators.
+//!
+//! A request is read and validated ([`weir_protocol::body`]); candidates are the
+//! orchestrators whose last `/info` offers the capability and model at or below the max
+//! price; the router component orders them (warm models first); each attempt reserves the
+//! job's cost in the gateway ledger and sends a signed payment for what the balance lacks.
+//! Transport errors, 5xx and "insufficient capacity" move on to the next orchestrator within
+//! a retry budget (failing ones are suspended for a while); a changed price is picked up and
+//! retried once. Results are stored by the gateway and their URLs rewritten to its own.
+
+pub mod config;
+pub mod discovery;
+pub mod payments;
+mod server;
+pub mod storage;
+
+/// The OpenAPI document the gateway serves.
+pub mod openapi {
+    pub use weir_protocol::openapi::document;
+}
+
+pub use config::{parse_price, GatewayConfig};
+pub use server::{Gateway, GatewayError, ORCHESTRATOR_HEADER};

@@ -1,0 +1,171 @@
+//! The gateway's side of payments: what it owes each orchestrator per (capability, model).
+//!
+//! Before a job the gateway reserves the job's cost at the orchestrator's quoted price from
+//! its balance there, paying (signing a credit for) only what the balance lacks. After the job
+//! it settles (records the spend) or releases and takes the payment back. What the
+//! orchestrator reports (its charge, the balance it sees) is checked against this ledger:
+//! a charge above the agreed cost is never accepted, and a balance that disagrees is logged
+//! and counted, never copied.
+
+use weir_payments::credit::{account, Wallet};
+use weir_payments::{cost, Ledger, LedgerError, UnitPrice};
+
+/// An open job with one orchestrator.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Job id (the reservation).
+    pub job_id: String,
+    /// Payment id sent with it.
+    pub payment_id: String,
+    /// What the balance lacked and was paid now.
+    pub topup: u64,
+    /// The job's cost at the agreed price.
+    pub cost: u64,
+    /// The header value to send.
+    pub header: String,
+    /// Orchestrator URL.
+    pub orchestrator: String,
+    /// `capability/model`.
+    pub account: String,
+    /// Model.
+    pub model: String,
+    /// Capability.
+    pub capability: String,
+    /// Units of the job.
+    pub units: u64,
+}
+
+/// What the orchestrator said about the job, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// What the job is recorded as costing.
+    pub charge: u64,
+    /// Whether the orchestrator's reports disagreed with the ledger.
+    pub disputed: bool,
+}
+
+/// The gateway ledger plus the signing wallet.
+pub struct GatewayPayments {
+    ledger: Ledger,
+    wallet: Wallet,
+    mismatches: prometheus::IntCounterVec,
+}
+
+impl GatewayPayments {
+    /// Payments with `ledger`, signed by `wallet`; `mismatches` counts disputes.
+    pub fn new(ledger: Ledger, wallet: Wallet, mismatches: prometheus::IntCounterVec) -> Self {
+        GatewayPayments {
+            ledger,
+            wallet,
+            mismatches,
+        }
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// This gateway's sender id.
+    pub fn sender(&self) -> String {
+        self.wallet.sender()
+    }
+
+    /// Reserve the cost of `units` at `price` with `orchestrator` and sign what must be paid.
+    pub async fn prepare(
+        &self,
+        orchestrator: &str,
+        capability: &str,
+        model: &str,
+        units: u64,
+        price: UnitPrice,
+    ) -> Result<Pending, String> {
+        let account = account(capability, model);
+        let cost = cost(units, price)
+            .ok_or_else(|| format!("{units} units at {price:?} overflow the ledger"))?;
+        let job_id = format!("gw-{:032x}", rand::random::<u128>());
+        let payment_id = format!("pay-{:032x}", rand::random::<u128>());
+        let (_, topup) = self
+            .ledger
+            .reserve_with_topup(
+                &payment_id,
+                &job_id,
+                orchestrator,
+                &account,
+                model,
+                units,
+                cost,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let header = self.wallet.pay(&payment_id, &account, topup, price);
+        Ok(Pending {
+            job_id,
+            payment_id,
+            topup,
+            cost,
+            header,
+            orchestrator: orchestrator.to_owned(),
+            account,
+            model: model.to_owned(),
+            capability: capability.to_owned(),
+            units,
+        })
+    }
+
+    /// The job failed: release the reservation and take the payment back (the orchestrator
+    /// does the same on its side when it gave no result).
+    pub async fn abandon(&self, p: &Pending) {
+        if let Err(e) = self
+            .ledger
+            .release_and_revoke(&p.job_id, Some(&p.payment_id))
+            .await
+        {
+            tracing::error!(job = %p.job_id, error = %e, "could not release a reservation");
+        }
+    }
+
+    /// The job produced its result: settle, record the spend, and check the orchestrator's
+    /// reported charge and balance against the ledger.
+    pub async fn settle(
+        &self,
+        p: &Pending,
+        reported_charge: Option<u64>,
+        reported_balance: Option<u64>,
+    ) -> Result<Settled, LedgerError> {
+        let mut disputed = false;
+        // The orchestrator may charge less than agreed (its price went down), never more.
+        let charge = match reported_charge {
+            Some(c) if c <= p.cost => c,
+            Some(c) => {
+                tracing::warn!(orchestrator = %p.orchestrator, account = %p.account, reported = c, agreed = p.cost, "orchestrator reported a charge above the agreed cost; recording the agreed cost");
+                disputed = true;
+                p.cost
+            }
+            None => p.cost,
+        };
+        let balance = self
+            .ledger
+            .settle_charged(
+                &p.job_id,
+                charge,
+                Some((&format!("{}-spend", p.job_id), &p.capability)),
+            )
+            .await?;
+        if let Some(reported) = reported_balance {
+            let expected = balance.amount;
+            // Concurrent jobs may be in flight, so the two views can differ by what is held;
+            // a report below what the ledger holds free is a dispute.
+            if reported < expected {
+                tracing::warn!(orchestrator = %p.orchestrator, account = %p.account, reported, expected, "orchestrator reports a lower balance than the ledger; not adopted");
+                disputed = true;
+            }
+        }
+        if disputed {
+            self.mismatches
+                .with_label_values(&[p.orchestrator.as_str()])
+                .inc();
+        }
+        Ok(Settled { charge, disputed })
+    }
+}

@@ -1,0 +1,978 @@
+//! The gateway's state, selection, forwarding with retries, and HTTP handlers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use prometheus::{IntCounterVec, Opts};
+use weir_payments::credit::{account, Wallet};
+use weir_payments::{Ledger, LedgerError, UnitPrice};
+use weir_protocol::ai::{AudioResponse, ImageResponse, LlmChoice, LlmResponse};
+use weir_protocol::body::{parse_request, ParsedRequest};
+use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER, MODEL_HEADER, PAYMENT_HEADER};
+use weir_protocol::{AiHttpError, Capability};
+use weir_runtime::{Candidate, Price, Registry, WorldKind};
+
+use crate::config::GatewayConfig;
+use crate::discovery::Discovery;
+use crate::payments::GatewayPayments;
+use crate::storage::ResultStore;
+
+/// Header naming the orchestrator that served a request.
+pub const ORCHESTRATOR_HEADER: &str = "weir-orchestrator";
+/// Cap on one orchestrator answer.
+const MAX_ANSWER_BYTES: usize = 256 << 20;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The ledger could not be opened.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A file (wallet, results directory) could not be used.
+    #[error("{0}")]
+    Io(String),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+struct Metrics {
+    requests: IntCounterVec,
+    attempts: IntCounterVec,
+    router_failures: IntCounterVec,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    registry: Arc<Registry>,
+    discovery: Arc<Discovery>,
+    payments: GatewayPayments,
+    store: ResultStore,
+    client: reqwest::Client,
+    metrics: Metrics,
+}
+
+/// A running gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+/// One orchestrator to try, with the terms it advertised.
+#[derive(Debug, Clone)]
+struct Choice {
+    url: String,
+    model: String,
+    price: UnitPrice,
+    warm: bool,
+}
+
+fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
+    AiHttpError::new(status, msg)
+}
+
+fn cmp_price(a: UnitPrice, b: UnitPrice) -> std::cmp::Ordering {
+    (u128::from(a.price_per_unit) * u128::from(b.pixels_per_unit))
+        .cmp(&(u128::from(b.price_per_unit) * u128::from(a.pixels_per_unit)))
+}
+
+enum Attempt {
+    Done {
+        body: serde_json::Value,
+        charge: u64,
+    },
+    /// Try the next orchestrator.
+    Next(String),
+    /// It is full: try the others, and it again later.
+    Busy(String),
+    /// Try the same orchestrator again at its new price.
+    Repriced(UnitPrice),
+    /// Answer the client with this.
+    Fail(AiHttpError),
+}
+
+impl Gateway {
+    /// A gateway recording what it owes in `ledger`, signing payments with the key at
+    /// `wallet_path` (created when absent).
+    pub async fn new(
+        config: GatewayConfig,
+        registry: Arc<Registry>,
+        ledger: Ledger,
+        wallet_path: &Path,
+        metrics: &prometheus::Registry,
+    ) -> Result<Gateway, GatewayError> {
+        let released = ledger.release_stale(Duration::ZERO).await?;
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "released reservations of requests cut off by a restart"
+            );
+        }
+        let wallet = Wallet::load_or_create(wallet_path)
+            .map_err(|e| GatewayError::Io(format!("wallet {}: {e}", wallet_path.display())))?;
+        let store = ResultStore::open(&config.results_dir).map_err(|e| {
+            GatewayError::Io(format!("results dir {}: {e}", config.results_dir.display()))
+        })?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| GatewayError::Io(format!("HTTP client: {e}")))?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "weir_gateway_requests_total",
+                "AI API requests by capability and status",
+            ),
+            &["capability", "status"],
+        )?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "weir_gateway_attempts_total",
+                "Orchestrator attempts by outcome",
+            ),
+            &["orchestrator", "outcome"],
+        )?;
+        let mismatches = IntCounterVec::new(
+            Opts::new(
+                "weir_gateway_balance_disputes_total",
+                "Answers whose reported charge or balance disagreed with the ledger",
+            ),
+            &["orchestrator"],
+        )?;
+        let router_failures = IntCounterVec::new(
+            Opts::new(
+                "weir_gateway_router_failures_total",
+                "Router component failures (the gateway fell back to price order)",
+            ),
+            &["component"],
+        )?;
+        for c in [&requests, &attempts, &mismatches, &router_failures] {
+            metrics.register(Box::new(c.clone()))?;
+        }
+        let discovery = Arc::new(Discovery::new(
+            &config.orchestrators,
+            config.orch_webhook_url.clone(),
+            config.webhook_interval,
+            client.clone(),
+        ));
+        tracing::info!(sender = %wallet.sender(), "gateway wallet");
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                payments: GatewayPayments::new(ledger, wallet, mismatches),
+                config,
+                registry,
+                discovery,
+                store,
+                client,
+                metrics: Metrics {
+                    requests,
+                    attempts,
+                    router_failures,
+                },
+            }),
+        })
+    }
+
+    /// Orchestrator discovery.
+    pub fn discovery(&self) -> &Arc<Discovery> {
+        &self.inner.discovery
+    }
+
+    /// The gateway ledger.
+    pub fn ledger(&self) -> &Ledger {
+        self.inner.payments.ledger()
+    }
+
+    /// Refresh orchestrator info once now, then periodically.
+    pub async fn start(&self) -> tokio::task::JoinHandle<()> {
+        self.inner.discovery.refresh().await;
+        self.inner
+            .discovery
+            .spawn_refresh(self.inner.config.refresh_interval)
+    }
+
+    /// The HTTP routes: the AI API, `/results/{name}`, `/openapi.json` and
+    /// `/gateway/orchestrators`.
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/{capability}", post(ai))
+            .route("/gateway/orchestrators", get(orchestrators))
+            .layer(DefaultBodyLimit::max(self.inner.config.max_body_bytes))
+            .layer(middleware::from_fn_with_state(self.clone(), require_client));
+        Router::new()
+            .route("/results/{name}", get(result))
+            .route("/openapi.json", get(openapi))
+            .merge(api)
+            .with_state(self.clone())
+    }
+
+    fn choose(
+        &self,
+        parsed: &ParsedRequest,
+        units: u64,
+        request_id: &str,
+    ) -> Result<Vec<Choice>, AiHttpError> {
+        let capability = parsed.request.capability();
+        let cap = capability.id();
+        let known = self.inner.discovery.known();
+        let now = Instant::now();
+        let offers: Vec<(
+            &String,
+            &crate::discovery::Known,
+            &weir_protocol::info::InfoModel,
+        )> = known
+            .iter()
+            .filter_map(|(url, k)| k.info.as_ref().map(|i| (url, k, i)))
+            .flat_map(|(url, k, info)| {
+                info.models
+                    .iter()
+                    .filter(|m| m.capability == cap)
+                    .map(move |m| (url, k, m))
+            })
+            .collect();
+        if offers.is_empty() {
+            let reachable = known.values().filter(|k| k.info.is_some()).count();
+            return Err(err(
+                503,
+                format!(
+                    "no orchestrator offers {cap} ({} known, {reachable} reachable)",
+                    known.len()
+                ),
+            ));
+        }
+        let model = if parsed.model_named {
+            let model = parsed.request.model_id();
+            if !offers.iter().any(|(_, _, m)| m.model_id == model) {
+                let mut offered: Vec<&str> =
+                    offers.iter().map(|(_, _, m)| m.model_id.as_str()).collect();
+                offered.sort_unstable();
+                offered.dedup();
+                return Err(err(
+                    503,
+                    format!(
+                        "no orchestrator offers model `{model}` for {cap} (offered: {})",
+                        offered.join(", ")
+                    ),
+                ));
+            }
+            model.to_owned()
+        } else if offers
+            .iter()
+            .any(|(_, _, m)| m.model_id == capability.default_model())
+        {
+            capability.default_model().to_owned()
+        } else {
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            for (_, _, m) in &offers {
+                *counts.entry(m.model_id.as_str()).or_default() += 1;
+            }
+            counts
+                .into_iter()
+                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+                .map(|(m, _)| m.to_owned())
+                .unwrap_or_default()
+        };
+        let max = self.inner.config.max_price(cap, &model);
+        let mut cheapest: Option<UnitPrice> = None;
+        let mut fresh = Vec::new();
+        let mut suspended = Vec::new();
+        for (url, k, m) in offers.iter().filter(|(_, _, m)| m.model_id == model) {
+            let price = UnitPrice {
+                price_per_unit: m.price.price_per_unit,
+                pixels_per_unit: m.price.pixels_per_unit.max(1),
+            };
+            if cheapest.is_none_or(|c| cmp_price(price, c).is_lt()) {
+                cheapest = Some(price);
+            }
+            if max.is_some_and(|max| cmp_price(price, max).is_gt()) {
+                continue;
+            }
+            let stats = k
+                .stats
+                .get(&account(cap, &model))
+                .cloned()
+                .unwrap_or_default();
+            let candidate = Candidate {
+                id: (*url).clone(),
+                url: (*url).clone(),
+                price: Price {
+                    price_per_unit: price.price_per_unit,
+                    pixels_per_unit: price.pixels_per_unit,
+                    currency: m.price.currency.clone(),
+                },
+                latency_ms: stats.latency_ms.round() as u32,
+                success_bp: stats.success_bp(),
+                region: k
+                    .info
+                    .as_ref()
+                    .map(|i| i.region.clone())
+                    .unwrap_or_default(),
+                gpu_class: k
+                    .info
+                    .as_ref()
+                    .map(|i| i.gpu_class.clone())
+                    .unwrap_or_default(),
+                warm_models: if m.warm {
+                    vec![model.clone()]
+                } else {
+                    Vec::new()
+                },
+                capacity: m.capacity,
+                in_flight: m.in_flight,
+            };
+            if k.suspended(now) {
+                suspended.push(candidate);
+            } else {
+                fresh.push(candidate);
+            }
+        }
+        if fresh.is_empty() && suspended.is_empty() {
+            let (Some(max), Some(c)) = (max, cheapest) else {
+                return Err(err(503, format!("no orchestrator offers {cap}/{model}")));
+            };
+            return Err(err(
+                503,
+                format!(
+                    "no orchestrator offers {cap}/{model} at or below the max price {}/{} (cheapest offer: {}/{})",
+                    max.price_per_unit, max.pixels_per_unit, c.price_per_unit, c.pixels_per_unit
+                ),
+            ));
+        }
+        // Candidates are owned now: let refreshes and stats in before the router runs.
+        drop(offers);
+        drop(known);
+        let mut ordered = self.rank(parsed, &model, units, request_id, fresh);
+        // Suspended orchestrators are a last resort, cheapest first.
+        suspended.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
+        ordered.extend(suspended);
+        Ok(ordered
+            .into_iter()
+            .map(|c| Choice {
+                warm: c.warm_models.contains(&model),
+                price: unit(&c.price),
+                url: c.url,
+                model: model.clone(),
+            })
+            .collect())
+    }
+
+    /// Order candidates with the router component; warm models first (stable), and price
+    /// order when the router fails.
+    fn rank(
+        &self,
+        parsed: &ParsedRequest,
+        model: &str,
+        units: u64,
+        request_id: &str,
+        candidates: Vec<Candidate>,
+    ) -> Vec<Candidate> {
+        if candidates.is_empty() {
+            return candidates;
+        }
+        let router = &self.inner.config.router;
+        let mut job = weir_runtime::jobs::job_request(
+            request_id,
+            &parsed.request,
+            parsed.facts,
+            units,
+            &self.inner.payments.sender(),
+        );
+        job.model = model.to_owned();
+        let ranked = self
+            .inner
+            .registry
+            .get_world(router, WorldKind::Router)
+            .and_then(|r| r.select(&job, &candidates));
+        let mut ordered: Vec<Candidate> = match ranked {
+            Ok(ranking) => ranking
+                .into_iter()
+                .filter_map(|i| candidates.get(i as usize).cloned())
+                .collect(),
+            Err(e) => {
+                tracing::error!(component = %router, error = %e, "router failed; falling back to price order");
+                self.inner
+                    .metrics
+                    .router_failures
+                    .with_label_values(&[router.as_str()])
+                    .inc();
+                let mut c = candidates;
+                c.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
+                c
+            }
+        };
+        ordered.sort_by_key(|c| !c.warm_models.iter().any(|w| w == model));
+        ordered
+    }
+
+    async fn attempt(
+        &self,
+        choice: &Choice,
+        parsed: &ParsedRequest,
+        units: u64,
+        content_type: &str,
+        body: &Bytes,
+        timeout: Duration,
+    ) -> Attempt {
+        let inner = &self.inner;
+        let cap = parsed.request.capability().id();
+        let pending = match inner
+            .payments
+            .prepare(&choice.url, cap, &choice.model, units, choice.price)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return Attempt::Fail(err(500, format!("gateway ledger: {e}"))),
+        };
+        // If the client goes away mid-attempt, this future is dropped: the guard still
+        // releases the reservation and takes the payment back (the orchestrator, whose
+        // request is dropped with it, does the same).
+        let mut guard = Unsettled {
+            inner: self.inner.clone(),
+            pending: pending.clone(),
+            armed: true,
+        };
+        let outcome = self
+            .attempt_paid(choice, parsed, content_type, body, timeout, &pending)
+            .await;
+        guard.armed = false;
+        outcome
+    }
+
+    async fn attempt_paid(
+        &self,
+        choice: &Choice,
+        parsed: &ParsedRequest,
+        content_type: &str,
+        body: &Bytes,
+        timeout: Duration,
+        pending: &crate::payments::Pending,
+    ) -> Attempt {
+        let inner = &self.inner;
+        let cap = parsed.request.capability().id();
+        let started = Instant::now();
+        let sent = inner
+            .client
+            .post(format!("{}/{cap}", choice.url))
+            .header(header::CONTENT_TYPE, content_type)
+            .header(PAYMENT_HEADER, pending.header.as_str())
+            .header(MODEL_HEADER, &choice.model)
+            .body(body.clone())
+            .timeout(timeout)
+            .send()
+            .await;
+        let acct = account(cap, &choice.model);
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                inner.payments.abandon(pending).await;
+                inner
+                    .discovery
+                    .record(&choice.url, &acct, false, started.elapsed());
+                let why = if e.is_timeout() {
+                    format!("no answer within {timeout:?}")
+                } else {
+                    format!("transport error: {e}")
+                };
+                inner
+                    .discovery
+                    .suspend(&choice.url, inner.config.suspend_for, &why);
+                return Attempt::Next(why);
+            }
+        };
+        let status = response.status();
+        let header_u64 = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let (charge, balance) = (header_u64(CHARGE_HEADER), header_u64(BALANCE_HEADER));
+        let answer = read_capped(response).await;
+        if status.is_success() {
+            // Store the media before paying: an answer that cannot be stored is not a result.
+            let stored = match answer.and_then(|b| {
+                serde_json::from_slice::<serde_json::Value>(&b)
+                    .map_err(|e| format!("invalid JSON: {e}"))
+            }) {
+                Ok(v) => self.store_results(parsed.request.capability(), v).await,
+                Err(e) => Err(e),
+            };
+            let body = match stored {
+                Ok(v) => v,
+                Err(e) => {
+                    inner.payments.abandon(pending).await;
+                    inner
+                        .discovery
+                        .record(&choice.url, &acct, false, started.elapsed());
+                    inner
+                        .discovery
+                        .suspend(&choice.url, inner.config.suspend_for, &e);
+                    return Attempt::Next(format!("unreadable answer: {e}"));
+                }
+            };
+            inner
+                .discovery
+                .record(&choice.url, &acct, true, started.elapsed());
+            return match inner.payments.settle(pending, charge, balance).await {
+                Ok(s) => Attempt::Done {
+                    body,
+                    charge: s.charge,
+                },
+                Err(e) => Attempt::Fail(err(500, format!("gateway ledger: {e}"))),
+            };
+        }
+        inner.payments.abandon(pending).await;
+        let message = answer
+            .ok()
+            .and_then(|b| serde_json::from_slice::<weir_protocol::error::AiErrorBody>(&b).ok())
+            .map(|b| match b {
+                weir_protocol::error::AiErrorBody::Message(m) => m.detail.msg,
+                weir_protocol::error::AiErrorBody::Validation(v) => v.to_string(),
+            })
+            .unwrap_or_else(|| status.to_string());
+        let why = format!("{}: {message}", status.as_u16());
+        match status.as_u16() {
+            402 => {
+                // The price may have changed since the last refresh: look again.
+                inner.discovery.refresh_one(&choice.url).await;
+                let now_offered = inner.discovery.known().get(&choice.url).and_then(|k| {
+                    k.info.as_ref().and_then(|i| {
+                        i.models
+                            .iter()
+                            .find(|m| m.capability == cap && m.model_id == choice.model)
+                            .map(|m| UnitPrice {
+                                price_per_unit: m.price.price_per_unit,
+                                pixels_per_unit: m.price.pixels_per_unit.max(1),
+                            })
+                    })
+                });
+                match now_offered {
+                    Some(p) if p != choice.price => {
+                        let max = inner.config.max_price(cap, &choice.model);
+                        if max.is_some_and(|max| cmp_price(p, max).is_gt()) {
+                            Attempt::Next(format!(
+                                "{why} (its new price {}/{} is above the max price)",
+                                p.price_per_unit, p.pixels_per_unit
+                            ))
+                        } else {
+                            Attempt::Repriced(p)
+                        }
+                    }
+                    _ => {
+                        // Same price, yet payment refused: do not pay more, do not trust it.
+                        inner.discovery.suspend(
+                            &choice.url,
+                            inner.config.suspend_for,
+                            &format!("refused a payment the ledger covers: {message}"),
+                        );
+                        Attempt::Next(why)
+                    }
+                }
+            }
+            // Full: try elsewhere without suspending (it is healthy, just busy).
+            503 if message.contains("insufficient capacity") => Attempt::Busy(why),
+            // Stale info (model gone): refresh and move on.
+            404 => {
+                inner.discovery.refresh_one(&choice.url).await;
+                Attempt::Next(why)
+            }
+            400 | 413 | 415 | 422 => Attempt::Fail(AiHttpError {
+                status: status.as_u16(),
+                body: weir_protocol::error::AiErrorBody::Message(
+                    weir_protocol::error::HttpErrorBody::new(format!(
+                        "orchestrator {} refused the request: {message}",
+                        choice.url
+                    )),
+                ),
+            }),
+            _ => {
+                inner
+                    .discovery
+                    .record(&choice.url, &acct, false, started.elapsed());
+                inner
+                    .discovery
+                    .suspend(&choice.url, inner.config.suspend_for, &why);
+                Attempt::Next(why)
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        capability: Capability,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, AiHttpError> {
+        let inner = &self.inner;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let parsed = parse_request(
+            capability,
+            Some(&content_type),
+            body.clone(),
+            inner.config.max_file_bytes,
+        )
+        .await?;
+        let units = parsed
+            .request
+            .units(parsed.facts)
+            .map_err(|e| err(400, e))?;
+        let request_id = format!("req-{:016x}", rand::random::<u64>());
+
+        // Orchestrators answer whole LLM responses; the gateway streams them as events.
+        let stream = matches!(&parsed.request, weir_protocol::ai::AiRequest::Llm(l) if l.stream);
+        let body = if stream {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| err(400, e.to_string()))?;
+            v["stream"] = serde_json::Value::Bool(false);
+            Bytes::from(serde_json::to_vec(&v).map_err(|e| err(500, e.to_string()))?)
+        } else {
+            body
+        };
+
+        let mut queue: std::collections::VecDeque<Choice> =
+            self.choose(&parsed, units, &request_id)?.into();
+        let deadline = Instant::now() + inner.config.retry_budget;
+        let mut failures: Vec<String> = Vec::new();
+        let mut tried = 0u32;
+        let mut repriced = std::collections::BTreeSet::new();
+        while let Some(choice) = queue.pop_front() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tried >= inner.config.max_attempts || left.is_zero() {
+                failures.push(format!("retry budget spent ({tried} attempts)"));
+                break;
+            }
+            tried += 1;
+            let timeout = inner.config.attempt_timeout;
+            let outcome = self
+                .attempt(&choice, &parsed, units, &content_type, &body, timeout)
+                .await;
+            match outcome {
+                Attempt::Done { body, charge } => {
+                    inner
+                        .metrics
+                        .attempts
+                        .with_label_values(&[choice.url.as_str(), "ok"])
+                        .inc();
+                    tracing::info!(request = %request_id, %capability, model = %choice.model, orchestrator = %choice.url, units, charge, attempts = tried, warm = choice.warm, "request served");
+                    let mut response = if stream {
+                        sse(body)?
+                    } else {
+                        Json(body).into_response()
+                    };
+                    let h = response.headers_mut();
+                    h.insert(CHARGE_HEADER, HeaderValue::from(charge));
+                    if let Ok(v) = HeaderValue::from_str(&choice.url) {
+                        h.insert(ORCHESTRATOR_HEADER, v);
+                    }
+                    return Ok(response);
+                }
+                Attempt::Fail(e) => {
+                    inner
+                        .metrics
+                        .attempts
+                        .with_label_values(&[choice.url.as_str(), "refused"])
+                        .inc();
+                    return Err(e);
+                }
+                Attempt::Next(why) => {
+                    inner
+                        .metrics
+                        .attempts
+                        .with_label_values(&[choice.url.as_str(), "failed"])
+                        .inc();
+                    tracing::warn!(request = %request_id, orchestrator = %choice.url, reason = %why, "attempt failed; trying the next orchestrator");
+                    failures.push(format!("{}: {why}", choice.url));
+                }
+                Attempt::Busy(why) => {
+                    inner
+                        .metrics
+                        .attempts
+                        .with_label_values(&[choice.url.as_str(), "busy"])
+                        .inc();
+                    failures.push(format!("{}: {why}", choice.url));
+                    // Back off a little, more as the request keeps meeting full orchestrators.
+                    let pause = Duration::from_millis((20 * u64::from(tried)).min(250));
+                    tokio::time::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
+                    queue.push_back(choice);
+                }
+                Attempt::Repriced(price) => {
+                    inner
+                        .metrics
+                        .attempts
+                        .with_label_values(&[choice.url.as_str(), "repriced"])
+                        .inc();
+                    failures.push(format!("{}: price changed", choice.url));
+                    if repriced.insert(choice.url.clone()) {
+                        tracing::info!(orchestrator = %choice.url, ppu = price.price_per_unit, units_per = price.pixels_per_unit, "orchestrator changed its price; trying again at the new price");
+                        queue.push_front(Choice { price, ..choice });
+                    }
+                }
+            }
+        }
+        Err(err(
+            503,
+            format!(
+                "no orchestrator could serve the request: {}",
+                failures.join("; ")
+            ),
+        ))
+    }
+
+    /// Store every media object of an answer and rewrite its URL to the gateway's own.
+    async fn store_results(
+        &self,
+        capability: Capability,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        use weir_protocol::Capability as C;
+        let shape = |e: serde_json::Error| format!("not a {capability} answer: {e}");
+        match capability {
+            C::TextToImage | C::ImageToImage | C::Upscale | C::ImageToVideo => {
+                let mut r: ImageResponse = serde_json::from_value(body).map_err(shape)?;
+                if r.images.is_empty() {
+                    return Err("the answer holds no images".to_owned());
+                }
+                for m in &mut r.images {
+                    m.url = self.store_one(&m.url).await?;
+                }
+                serde_json::to_value(r).map_err(|e| e.to_string())
+            }
+            C::TextToSpeech => {
+                let mut r: AudioResponse = serde_json::from_value(body).map_err(shape)?;
+                r.audio.url = self.store_one(&r.audio.url).await?;
+                serde_json::to_value(r).map_err(|e| e.to_string())
+            }
+            _ => Ok(body),
+        }
+    }
+
+    async fn store_one(&self, url: &str) -> Result<String, String> {
+        let (content_type, data) = if let Some(rest) = url.strip_prefix("data:") {
+            let (meta, payload) = rest.split_once(',').ok_or("data URL without a comma")?;
+            let content_type = meta.trim_end_matches(";base64").to_owned();
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map_err(|e| format!("data URL: {e}"))?;
+            (content_type, Bytes::from(data))
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            let response = self
+                .inner
+                .client
+                .get(url)
+                .timeout(self.inner.config.attempt_timeout)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("GET {url}: status {}", response.status()));
+            }
+            let content_type = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            (content_type, read_capped(response).await?)
+        } else {
+            return Err(format!(
+                "unsupported result URL {:?}",
+                url.chars().take(40).collect::<String>()
+            ));
+        };
+        let name = self
+            .inner
+            .store
+            .put(&content_type, &data)
+            .await
+            .map_err(|e| format!("storing a result: {e}"))?;
+        Ok(format!(
+            "{}/results/{name}",
+            self.inner.config.public_url.trim_end_matches('/')
+        ))
+    }
+}
+
+/// Abandons an attempt's payment when dropped while armed.
+struct Unsettled {
+    inner: Arc<Inner>,
+    pending: crate::payments::Pending,
+    armed: bool,
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        if self.armed {
+            let inner = self.inner.clone();
+            let pending = self.pending.clone();
+            tokio::spawn(async move {
+                tracing::info!(job = %pending.job_id, "request dropped mid-attempt; payment taken back");
+                inner.payments.abandon(&pending).await;
+            });
+        }
+    }
+}
+
+fn unit(p: &Price) -> UnitPrice {
+    UnitPrice {
+        price_per_unit: p.price_per_unit,
+        pixels_per_unit: p.pixels_per_unit.max(1),
+    }
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+    {
+        if out.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A whole LLM answer as server-sent events: the content as one delta, then the finish
+/// reason with usage, then `[DONE]`.
+fn sse(body: serde_json::Value) -> Result<Response, AiHttpError> {
+    let whole: LlmResponse = serde_json::from_value(body)
+        .map_err(|e| err(502, format!("orchestrator sent an invalid LLM answer: {e}")))?;
+    let mut events = String::new();
+    let event =
+        |r: &LlmResponse| format!("data: {}\n\n", serde_json::to_string(r).unwrap_or_default());
+    for choice in &whole.choices {
+        let piece = LlmResponse {
+            choices: vec![LlmChoice {
+                index: choice.index,
+                message: None,
+                delta: choice.message.clone(),
+                finish_reason: None,
+            }],
+            usage: Default::default(),
+            ..whole.clone()
+        };
+        events.push_str(&event(&piece));
+    }
+    let last = LlmResponse {
+        choices: whole
+            .choices
+            .iter()
+            .map(|c| LlmChoice {
+                index: c.index,
+                message: None,
+                delta: None,
+                finish_reason: c.finish_reason.clone().or_else(|| Some("stop".to_owned())),
+            })
+            .collect(),
+        ..whole.clone()
+    };
+    events.push_str(&event(&last));
+    events.push_str("data: [DONE]\n\n");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from(events),
+    )
+        .into_response())
+}
+
+async fn require_client(
+    State(g): State<Gateway>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let config = &g.inner.config;
+    if config.open {
+        return next.run(req).await;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t)
+            if config
+                .auth_tokens
+                .iter()
+                .any(|k| weir_protocol::auth::constant_time_eq(k.as_bytes(), t.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => err(401, "invalid bearer token").into_response(),
+        None => err(
+            401,
+            "missing bearer token: send Authorization: Bearer <token>",
+        )
+        .into_response(),
+    }
+}
+
+async fn ai(
+    State(g): State<Gateway>,
+    UrlPath(capability): UrlPath<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return AiHttpError::from(e).into_response(),
+    };
+    let Some(capability) = Capability::from_id(&capability) else {
+        return err(404, format!("no such endpoint `/{capability}`")).into_response();
+    };
+    let response = match g.handle(capability, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(%capability, error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    g.inner
+        .metrics
+        .requests
+        .with_label_values(&[capability.id(), response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn result(State(g): State<Gateway>, UrlPath(name): UrlPath<String>) -> Response {
+    match g.inner.store.get(&name).await {
+        Some((content_type, data)) => {
+            ([(header::CONTENT_TYPE, content_type)], data).into_response()
+        }
+        None => err(404, format!("no result `{name}`")).into_response(),
+    }
+}
+
+async fn orchestrators(State(g): State<Gateway>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "orchestrators": g.inner.discovery.views() }))
+}
+
+async fn openapi() -> Response {
+    (StatusCode::OK, Json(crate::openapi::document())).into_response()
+}

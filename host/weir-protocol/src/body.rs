@@ -1,0 +1,438 @@
+//! Reading AI request bodies off the wire: JSON or `multipart/form-data`, with size limits,
+//! then validation into an [`AiRequest`], plus the media facts billing needs (image size,
+//! audio duration). The gateway and the orchestrator both read bodies with this one function.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::ai::{AiRequest, FilePart, FormInput, MediaFacts};
+use crate::capability::Capability;
+use crate::error::ValidationErrors;
+
+/// Default cap on a whole request body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// Largest image (in pixels) accepted for billing and processing.
+pub const MAX_IMAGE_PIXELS: u64 = 4096 * 4096;
+
+/// An uploaded file with its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedFile {
+    /// Form field name (`image`, `audio`).
+    pub field: String,
+    /// File name as sent.
+    pub filename: String,
+    /// MIME type as sent.
+    pub content_type: String,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// A request read and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedRequest {
+    /// The validated request (defaults filled in).
+    pub request: AiRequest,
+    /// Whether the client named a model (`model_id`, or `model` for `/llm`).
+    pub model_named: bool,
+    /// Uploaded files.
+    pub files: Vec<UploadedFile>,
+    /// What decoding the media headers told us.
+    pub facts: MediaFacts,
+}
+
+/// Why a body could not be read; each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Not parseable as the declared format (400).
+    #[error("{0}")]
+    Malformed(String),
+    /// Larger than allowed (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Wrong content type, or media in a format that cannot be read (415).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Fields invalid (422).
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+}
+
+impl BodyError {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::Malformed(_) => 400,
+            BodyError::TooLarge(_) => 413,
+            BodyError::Unsupported(_) => 415,
+            BodyError::Invalid(_) => 422,
+        }
+    }
+}
+
+fn mime_of(content_type: Option<&str>) -> String {
+    content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Read and validate `body` for `capability`. `content_type` is the request's header;
+/// `max_file_bytes` caps each uploaded file.
+pub async fn parse_request(
+    capability: Capability,
+    content_type: Option<&str>,
+    body: Bytes,
+    max_file_bytes: usize,
+) -> Result<ParsedRequest, BodyError> {
+    let mime = mime_of(content_type);
+    if capability.is_multipart() {
+        if mime != "multipart/form-data" {
+            return Err(BodyError::Unsupported(format!(
+                "/{capability} takes a multipart/form-data body (got {:?})",
+                content_type.unwrap_or("no content type")
+            )));
+        }
+        let boundary = content_type
+            .and_then(|ct| multer::parse_boundary(ct).ok())
+            .ok_or_else(|| {
+                BodyError::Malformed("multipart body without a boundary parameter".into())
+            })?;
+        let (form, files) = read_form(body, boundary, max_file_bytes).await?;
+        let model_named = form.fields.get("model_id").is_some_and(|m| !m.is_empty());
+        let request = AiRequest::from_form(capability, &form).map_err(unsupported_media)?;
+        let facts = media_facts(&request, &files)?;
+        Ok(ParsedRequest {
+            request,
+            model_named,
+            files,
+            facts,
+        })
+    } else {
+        if mime != "application/json" {
+            return Err(BodyError::Unsupported(format!(
+                "/{capability} takes an application/json body (got {:?})",
+                content_type.unwrap_or("no content type")
+            )));
+        }
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| BodyError::Malformed(format!("body is not valid JSON: {e}")))?;
+        let key = if capability == Capability::Llm {
+            "model"
+        } else {
+            "model_id"
+        };
+        let model_named = value
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(|m| !m.is_empty());
+        let request = AiRequest::from_json(capability, &value)?;
+        Ok(ParsedRequest {
+            request,
+            model_named,
+            files: Vec::new(),
+            facts: MediaFacts::default(),
+        })
+    }
+}
+
+/// An upload of a type the capability does not take is a 415, not a field error.
+fn unsupported_media(errors: ValidationErrors) -> BodyError {
+    let media: Vec<String> = errors
+        .detail
+        .iter()
+        .filter(|e| e.kind == "unsupported_media_type")
+        .map(|e| format!("{}: {}", e.loc.join("."), e.msg))
+        .collect();
+    if media.is_empty() {
+        BodyError::Invalid(errors)
+    } else {
+        BodyError::Unsupported(media.join("; "))
+    }
+}
+
+async fn read_form(
+    body: Bytes,
+    boundary: String,
+    max_file_bytes: usize,
+) -> Result<(FormInput, Vec<UploadedFile>), BodyError> {
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .per_field(max_file_bytes as u64)
+            .whole_stream(u64::MAX),
+    );
+    let mut multipart = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let mut fields = BTreeMap::new();
+    let mut parts = BTreeMap::new();
+    let mut files = Vec::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(form_error(e, max_file_bytes)),
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        let filename = field.file_name().map(str::to_owned);
+        let content_type = field.content_type().map(|m| m.essence_str().to_owned());
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| form_error(e, max_file_bytes))?;
+        match filename {
+            Some(filename) => {
+                let content_type =
+                    content_type.unwrap_or_else(|| "application/octet-stream".to_owned());
+                parts.insert(
+                    name.clone(),
+                    FilePart {
+                        filename: filename.clone(),
+                        content_type: content_type.clone(),
+                        len: data.len() as u64,
+                    },
+                );
+                files.push(UploadedFile {
+                    field: name,
+                    filename,
+                    content_type,
+                    data,
+                });
+            }
+            None => {
+                let text = String::from_utf8(data.to_vec()).map_err(|_| {
+                    BodyError::Malformed(format!("form field `{name}` is not UTF-8 text"))
+                })?;
+                fields.insert(name, text);
+            }
+        }
+    }
+    Ok((
+        FormInput {
+            fields,
+            files: parts,
+        },
+        files,
+    ))
+}
+
+fn form_error(e: multer::Error, max_file_bytes: usize) -> BodyError {
+    match e {
+        multer::Error::FieldSizeExceeded { field_name, .. } => BodyError::TooLarge(format!(
+            "form field `{}` is larger than the {max_file_bytes}-byte limit",
+            field_name.unwrap_or_default()
+        )),
+        other => BodyError::Malformed(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// Decode enough of the uploaded media to bill the request.
+fn media_facts(request: &AiRequest, files: &[UploadedFile]) -> Result<MediaFacts, BodyError> {
+    let mut facts = MediaFacts::default();
+    for file in files {
+        match file.field.as_str() {
+            "image" => {
+                let size = imagesize::blob_size(&file.data).map_err(|e| {
+                    BodyError::Unsupported(format!(
+                        "cannot read the uploaded image `{}` ({}): {e}; send PNG, JPEG or WebP",
+                        file.filename, file.content_type
+                    ))
+                })?;
+                let kind = imagesize::image_type(&file.data).ok();
+                if !matches!(
+                    kind,
+                    Some(
+                        imagesize::ImageType::Png
+                            | imagesize::ImageType::Jpeg
+                            | imagesize::ImageType::Webp
+                    )
+                ) {
+                    return Err(BodyError::Unsupported(format!(
+                        "the uploaded image `{}` is {kind:?}; send PNG, JPEG or WebP",
+                        file.filename
+                    )));
+                }
+                let (w, h) = (size.width as u64, size.height as u64);
+                if w == 0 || h == 0 || w * h > MAX_IMAGE_PIXELS {
+                    return Err(BodyError::TooLarge(format!(
+                        "the uploaded image is {w}x{h}; at most {MAX_IMAGE_PIXELS} pixels are accepted"
+                    )));
+                }
+                facts.image = Some((w as u32, h as u32));
+            }
+            "audio" => {
+                facts.audio_millis = Some(wav_millis(&file.data).ok_or_else(|| {
+                    BodyError::Unsupported(format!(
+                        "cannot read the duration of the uploaded audio `{}` ({}): \
+                         billing by duration supports PCM WAV only for now",
+                        file.filename, file.content_type
+                    ))
+                })?);
+            }
+            _ => {}
+        }
+    }
+    // Make sure billing can be computed before anything else happens.
+    request
+        .units(facts)
+        .map_err(|e| BodyError::Malformed(format!("cannot bill this request: {e}")))?;
+    Ok(facts)
+}
+
+/// Duration of a RIFF/WAVE file in milliseconds, from its `fmt ` and `data` chunks.
+pub fn wav_millis(data: &[u8]) -> Option<u64> {
+    if data.len() < 12 || &data[0..4] != b"RIFF" || &data[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut pos = 12usize;
+    let mut byte_rate = None;
+    while pos + 8 <= data.len() {
+        let id = &data[pos..pos + 4];
+        let len = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().ok()?) as usize;
+        let body = pos + 8;
+        if id == b"fmt " && body + 12 <= data.len() {
+            byte_rate = Some(u32::from_le_bytes(
+                data[body + 8..body + 12].try_into().ok()?,
+            ));
+        } else if id == b"data" {
+            let rate = u64::from(byte_rate.filter(|r| *r > 0)?);
+            // A streamed WAV may leave the data length unset; fall back to what is present.
+            let len = if len == 0 || body + len > data.len() {
+                data.len() - body
+            } else {
+                len
+            };
+            return Some((len as u64).saturating_mul(1000) / rate);
+        }
+        pos = body.checked_add(len)?.checked_add(len & 1)?;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        // A PNG signature and IHDR chunk are all that is needed to read the size.
+        let mut v = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
+        v.extend_from_slice(b"IHDR");
+        v.extend_from_slice(&w.to_be_bytes());
+        v.extend_from_slice(&h.to_be_bytes());
+        v.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        v
+    }
+
+    /// A form part: name, optional (file name, content type), bytes.
+    type Part<'a> = (&'a str, Option<(&'a str, &'a str)>, &'a [u8]);
+
+    fn multipart(parts: &[Part<'_>]) -> (String, Bytes) {
+        let boundary = "XbOuNdArY";
+        let mut body = Vec::new();
+        for (name, file, data) in parts {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            match file {
+                Some((filename, ct)) => body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ct}\r\n\r\n").as_bytes(),
+                ),
+                None => body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        (
+            format!("multipart/form-data; boundary={boundary}"),
+            Bytes::from(body),
+        )
+    }
+
+    #[tokio::test]
+    async fn multipart_upscale_reads_fields_files_and_image_size() {
+        let img = png(64, 48);
+        let (ct, body) = multipart(&[
+            ("prompt", None, b"sharper"),
+            ("image", Some(("x.png", "image/png")), &img),
+        ]);
+        let parsed = parse_request(Capability::Upscale, Some(&ct), body, 1 << 20)
+            .await
+            .expect("valid");
+        assert!(!parsed.model_named);
+        assert_eq!(parsed.facts.image, Some((64, 48)));
+        assert_eq!(parsed.files.len(), 1);
+        assert_eq!(parsed.request.units(parsed.facts), Ok(64 * 48));
+    }
+
+    #[tokio::test]
+    async fn bad_bodies_get_the_right_status() {
+        let img = png(64, 48);
+        let (ct, body) = multipart(&[
+            ("prompt", None, b"x"),
+            ("image", Some(("x.png", "image/png")), &img),
+        ]);
+        let too_big = parse_request(Capability::Upscale, Some(&ct), body, 10)
+            .await
+            .expect_err("too big");
+        assert_eq!(too_big.status(), 413, "{too_big}");
+
+        let (ct, body) = multipart(&[
+            ("prompt", None, b"x"),
+            ("image", Some(("x.png", "image/png")), b"GIF89a not really"),
+        ]);
+        let bad = parse_request(Capability::Upscale, Some(&ct), body, 1 << 20)
+            .await
+            .expect_err("not an image");
+        assert_eq!(bad.status(), 415, "{bad}");
+
+        let json = parse_request(
+            Capability::Upscale,
+            Some("application/json"),
+            Bytes::from_static(b"{}"),
+            1 << 20,
+        )
+        .await
+        .expect_err("wrong type");
+        assert_eq!(json.status(), 415);
+
+        let malformed = parse_request(
+            Capability::TextToImage,
+            Some("application/json"),
+            Bytes::from_static(b"{\"prompt\": "),
+            1 << 20,
+        )
+        .await
+        .expect_err("bad json");
+        assert_eq!(malformed.status(), 400);
+
+        let invalid = parse_request(
+            Capability::TextToImage,
+            Some("application/json; charset=utf-8"),
+            Bytes::from_static(b"{\"width\": \"wide\"}"),
+            1 << 20,
+        )
+        .await
+        .expect_err("invalid");
+        assert_eq!(invalid.status(), 422);
+        assert!(invalid.to_string().contains("prompt"), "{invalid}");
+    }
+
+    #[test]
+    fn wav_duration_comes_from_the_header() {
+        let mut wav = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        wav.extend_from_slice(&16u32.to_le_bytes());
+        wav.extend_from_slice(&[1, 0, 1, 0]); // PCM, mono
+        wav.extend_from_slice(&16_000u32.to_le_bytes()); // sample rate
+        wav.extend_from_slice(&32_000u32.to_le_bytes()); // byte rate
+        wav.extend_from_slice(&[2, 0, 16, 0]);
+        wav.extend_from_slice(b"data");
+        wav.extend_from_slice(&48_000u32.to_le_bytes());
+        wav.extend(std::iter::repeat_n(0u8, 48_000));
+        assert_eq!(wav_millis(&wav), Some(1500));
+        assert_eq!(wav_millis(b"ID3 mp3 data"), None);
+    }
+}
