@@ -18,7 +18,8 @@ export WEIR_COMPONENTIZE_PY := $(CURDIR)/$(PY_TOOLS)/bin/componentize-py
 ONNX_PY_PACKAGES := onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6 pillow==13.0.0
 UPSCALE_MODEL_PKG := @upscalerjs/default-model@1.0.0
 UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
-export ORT_DYLIB_PATH = $(firstword $(wildcard $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1*))
+# Found when a recipe runs (not when make starts: the venv may be created by this very run).
+ORT_ENV = ORT_DYLIB_PATH="$$(ls $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* | head -n 1)"
 
 GUESTS        := default-router default-pricing
 TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline
@@ -33,7 +34,23 @@ help:
 	@echo "make bench  weir bench policy and weir bench gateway (release build)"
 
 ## Tools: installed once, project-locally, idempotently.
-tools: $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx
+tools: $(TOOLS)/.apt $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx
+
+# FFmpeg 5.1 libraries and headers (ffmpeg-next builds against them with bindgen, hence clang),
+# and the real media clients the tests publish and play with: the ffmpeg CLI and GStreamer.
+APT_PACKAGES := pkg-config clang libclang-dev ffmpeg libavcodec-dev libavformat-dev \
+	libavfilter-dev libavdevice-dev libavutil-dev libswscale-dev libswresample-dev \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(TOOLS)/.apt:
+	@mkdir -p $(TOOLS)
+	@if ! dpkg -s $(APT_PACKAGES) > /dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) > /dev/null; \
+	fi
+	@touch $@
 
 $(TOOLS)/.rust-target:
 	@mkdir -p $(TOOLS)
@@ -106,7 +123,7 @@ $(BUILD)/test-programs/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildca
 artifacts: guests examples test-programs models
 
 ## Lint: formatting and clippy on the host and on every wasm workspace.
-lint: $(TOOLS)/.rust-target
+lint: $(TOOLS)/.apt $(TOOLS)/.rust-target
 	cargo fmt --all --check
 	cargo fmt --manifest-path guests/Cargo.toml --all --check
 	cargo fmt --manifest-path tests/programs/Cargo.toml --all --check
@@ -124,7 +141,7 @@ fmt:
 ## Tests: unit tests of the shared policy logic, then the host workspace (unit + integration).
 test: tools artifacts lint
 	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies
-	WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) cargo test --workspace
+	$(ORT_ENV) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) cargo test --workspace
 
 ## Run a combined node (examples/configs/node.toml); default components are installed into the
 ## data dir unless already there.
@@ -132,12 +149,13 @@ run: tools guests models
 	cargo build --release --bin weir
 	@mkdir -p $(DATA_DIR)/components
 	@for f in $(BUILD)/components/*; do cp -n "$$f" $(DATA_DIR)/components/ || true; done
-	./target/release/weir node --config examples/configs/node.toml --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
+	$(ORT_ENV) ./target/release/weir node --config examples/configs/node.toml --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
 
 bench: tools guests examples models
 	cargo build --release --bin weir
 	./target/release/weir bench policy --components $(BUILD)/components --examples $(BUILD)/examples
-	./target/release/weir bench gateway --components $(BUILD)/components --model $(BUILD)/models/upscale-2x.onnx
+	$(ORT_ENV) ./target/release/weir bench gateway --components $(BUILD)/components --model $(BUILD)/models/upscale-2x.onnx
+	./target/release/weir bench transcode
 
 clean:
 	rm -rf $(BUILD) target guests/target tests/programs/target

@@ -3,9 +3,7 @@
 //! (in this process) that speaks Livepeer's AI runner API; failover, max price, price
 //! hot-swap, payments, and bad input.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,110 +17,15 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const CLIENT_TOKEN: &str = "client-token-0123456789abcdef";
-const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub(crate) const CLIENT_TOKEN: &str = "client-token-0123456789abcdef";
 const UPSCALE_MODEL: &str = "upscalerjs/default-model";
 const T2I_MODEL: &str = "test/t2i";
 
-/// A `weir` process (gateway, orchestrator or node), killed on drop.
-struct Weir {
-    child: Child,
-    url: String,
-    data: tempfile::TempDir,
-}
-
-impl Weir {
-    fn start(role: &str, config: &str, args: &[&str]) -> Weir {
-        Weir::start_with(role, config, args, |_| {})
-    }
-
-    /// Start with the default components plus whatever `prepare` puts into the components
-    /// directory.
-    fn start_with(role: &str, config: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Weir {
-        let data = tempfile::tempdir().expect("tempdir");
-        let components = data.path().join("components");
-        std::fs::create_dir_all(&components).expect("mkdir");
-        for name in ["default-router", "default-pricing"] {
-            place_default(&components, name);
-        }
-        prepare(&components);
-        let config_path = data.path().join("weir.toml");
-        std::fs::write(&config_path, config).expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .arg(role)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["--http-addr", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn weir");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("ready line");
-        let url = ready_field(&line, "http")
-            .unwrap_or_else(|| panic!("weir {role} did not start: {line:?}"));
-        Weir { child, url, data }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn components(&self) -> PathBuf {
-        self.data.path().join("components")
-    }
-
-    fn ledger(&self) -> Value {
-        client()
-            .get(format!("{}/admin/ledger", self.url))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .expect("ledger")
-            .json()
-            .expect("json")
-    }
-
-    fn info(&self) -> Value {
-        client()
-            .get(format!("{}/info", self.url))
-            .send()
-            .expect("info")
-            .json()
-            .expect("json")
-    }
-
-    fn metrics(&self) -> String {
-        client()
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .expect("metrics")
-            .text()
-            .expect("text")
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
 fn onnxruntime() -> String {
-    std::env::var("ORT_DYLIB_PATH").unwrap_or_else(|_| {
+    let configured = std::env::var("ORT_DYLIB_PATH")
+        .ok()
+        .filter(|p| !p.is_empty());
+    configured.unwrap_or_else(|| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/py");
         weir_models::onnx::find_onnxruntime(&venv)
             .expect("libonnxruntime not found: run `make tools` or set ORT_DYLIB_PATH")
@@ -148,7 +51,7 @@ fn http_orchestrator(runner: &str, capacity: u32, timeout_secs: u64) -> Weir {
 }
 
 /// A gateway in front of `orchestrators`; `extra` is appended to its `[gateway]` section.
-fn gateway(orchestrators: &[&str], extra: &str) -> Weir {
+pub(crate) fn gateway(orchestrators: &[&str], extra: &str) -> Weir {
     let list = orchestrators
         .iter()
         .map(|u| format!("{u:?}"))
@@ -211,7 +114,7 @@ fn detail(body: &Value) -> String {
 }
 
 /// Wait until the gateway's discovery has info from `n` orchestrators.
-fn wait_discovered(gw: &Weir, n: usize) {
+pub(crate) fn wait_discovered(gw: &Weir, n: usize) {
     let seen = eventually(Duration::from_secs(20), || {
         let v: Value = client()
             .get(format!("{}/gateway/orchestrators", gw.url))
@@ -237,14 +140,14 @@ fn sum_amounts(rows: &Value) -> u64 {
 }
 
 /// A small HTTP server on a thread of its own; stopped on drop.
-struct TestServer {
-    url: String,
+pub(crate) struct TestServer {
+    pub(crate) url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestServer {
-    fn start(router: axum::Router) -> TestServer {
+    pub(crate) fn start(router: axum::Router) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

@@ -8,5 +8,6 @@ mod cli;
 mod components;
 mod examples;
 mod hot_reload;
+mod live;
 mod node;
 mod support;

@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use weir_runtime::{
     JobRequest, NoLedger, OutputSize, QuoteContext, Registry, Role, Runtime, RuntimeConfig,
     RuntimeMetrics,
@@ -176,7 +178,7 @@ impl Node {
 
     /// Start a node on `data` with extra arguments.
     pub fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Node {
-        let token = "test-admin-token-0123456789".to_owned();
+        let token = ADMIN_TOKEN.to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("node")
             .arg("--data-dir")
@@ -184,6 +186,7 @@ impl Node {
             .args(["--http-addr", "127.0.0.1:0", "--admin-token", &token])
             .args(extra)
             .env("RUST_LOG", "info")
+            .env("WEIR_RTMP_ADDR", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -256,4 +259,126 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The admin token test processes are started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A `weir` process (gateway, orchestrator or node), killed on drop.
+pub struct Weir {
+    child: Child,
+    /// Its HTTP base URL.
+    pub url: String,
+    /// The first line it printed (`weir ready …`).
+    pub ready: String,
+    /// Its data directory.
+    pub data: tempfile::TempDir,
+}
+
+impl Weir {
+    /// Start `weir ROLE` with `config` as its config file and extra `args`.
+    pub fn start(role: &str, config: &str, args: &[&str]) -> Weir {
+        Weir::start_with(role, config, args, |_| {})
+    }
+
+    /// Start with the default components plus whatever `prepare` puts into the components
+    /// directory.
+    pub fn start_with(
+        role: &str,
+        config: &str,
+        args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Weir {
+        let data = tempfile::tempdir().expect("tempdir");
+        let components = data.path().join("components");
+        std::fs::create_dir_all(&components).expect("mkdir");
+        for name in ["default-router", "default-pricing"] {
+            place_default(&components, name);
+        }
+        prepare(&components);
+        let config_path = data.path().join("weir.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .arg(role)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--http-addr", "127.0.0.1:0", "--admin-token", ADMIN_TOKEN])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("WEIR_RTMP_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn weir");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        let url = ready_field(&line, "http")
+            .unwrap_or_else(|| panic!("weir {role} did not start: {line:?}"));
+        Weir {
+            child,
+            url,
+            ready: line,
+            data,
+        }
+    }
+
+    /// Kill the process now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its components directory.
+    pub fn components(&self) -> PathBuf {
+        self.data.path().join("components")
+    }
+
+    /// `/admin/ledger`.
+    pub fn ledger(&self) -> Value {
+        client()
+            .get(format!("{}/admin/ledger", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .expect("ledger")
+            .json()
+            .expect("json")
+    }
+
+    /// `/info` (orchestrators).
+    pub fn info(&self) -> Value {
+        client()
+            .get(format!("{}/info", self.url))
+            .send()
+            .expect("info")
+            .json()
+            .expect("json")
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> String {
+        client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("text")
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A blocking HTTP client with a generous timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
 }

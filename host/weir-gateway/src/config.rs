@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub max_file_bytes: usize,
     /// Cap on a whole request body.
     pub max_body_bytes: usize,
+    /// Live video.
+    pub live: crate::live::LiveConfig,
 }
 
 impl GatewayConfig {
@@ -106,6 +108,7 @@ mod tests {
             results_dir: PathBuf::new(),
             max_file_bytes: 1,
             max_body_bytes: 1,
+            live: crate::live::LiveConfig::default(),
         };
         c.max_prices
             .insert("upscale".into(), parse_price("10").expect("p"));

@@ -7,9 +7,13 @@
 //! Transport errors, 5xx and "insufficient capacity" move on to the next orchestrator within
 //! a retry budget (failing ones are suspended for a while); a changed price is picked up and
 //! retried once. Results are stored by the gateway and their URLs rewritten to its own.
+//!
+//! Live video ([`live`]): RTMP and HTTP-pushed segments are transcoded on orchestrators the
+//! same way (chosen, paid per output pixel, retried) and served as HLS.
 
 pub mod config;
 pub mod discovery;
+pub mod live;
 pub mod payments;
 mod server;
 pub mod storage;
@@ -20,4 +24,5 @@ pub mod openapi {
 }
 
 pub use config::{parse_price, GatewayConfig};
+pub use live::LiveConfig;
 pub use server::{Gateway, GatewayError, ORCHESTRATOR_HEADER};

@@ -19,7 +19,7 @@ use weir_protocol::ai::{AudioResponse, ImageResponse, LlmChoice, LlmResponse};
 use weir_protocol::body::{parse_request, ParsedRequest};
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER, MODEL_HEADER, PAYMENT_HEADER};
 use weir_protocol::{AiHttpError, Capability};
-use weir_runtime::{Candidate, Price, Registry, WorldKind};
+use weir_runtime::{Candidate, JobRequest, Price, Registry, WorldKind};
 
 use crate::config::GatewayConfig;
 use crate::discovery::Discovery;
@@ -51,32 +51,39 @@ struct Metrics {
     router_failures: IntCounterVec,
 }
 
-struct Inner {
-    config: GatewayConfig,
+pub(crate) struct Inner {
+    pub(crate) config: GatewayConfig,
     registry: Arc<Registry>,
-    discovery: Arc<Discovery>,
-    payments: GatewayPayments,
+    pub(crate) discovery: Arc<Discovery>,
+    pub(crate) payments: GatewayPayments,
     store: ResultStore,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
     metrics: Metrics,
+    pub(crate) streams: crate::live::Streams,
 }
 
 /// A running gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// A successful answer's body and its content type.
+pub(crate) struct Answer {
+    pub content_type: String,
+    pub body: Bytes,
 }
 
 /// One orchestrator to try, with the terms it advertised.
 #[derive(Debug, Clone)]
-struct Choice {
-    url: String,
-    model: String,
-    price: UnitPrice,
-    warm: bool,
+pub(crate) struct Choice {
+    pub url: String,
+    pub model: String,
+    pub price: UnitPrice,
+    pub warm: bool,
 }
 
-fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
+pub(crate) fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
     AiHttpError::new(status, msg)
 }
 
@@ -85,9 +92,9 @@ fn cmp_price(a: UnitPrice, b: UnitPrice) -> std::cmp::Ordering {
         .cmp(&(u128::from(b.price_per_unit) * u128::from(a.pixels_per_unit)))
 }
 
-enum Attempt {
+pub(crate) enum Attempt<T = serde_json::Value> {
     Done {
-        body: serde_json::Value,
+        body: T,
         charge: u64,
     },
     /// Try the next orchestrator.
@@ -164,6 +171,8 @@ impl Gateway {
             config.webhook_interval,
             client.clone(),
         ));
+        crate::live::check_ladder(&config.live.profiles).map_err(GatewayError::Io)?;
+        let streams = crate::live::Streams::new(config.live.clone(), metrics)?;
         tracing::info!(sender = %wallet.sender(), "gateway wallet");
         Ok(Gateway {
             inner: Arc::new(Inner {
@@ -178,6 +187,7 @@ impl Gateway {
                     attempts,
                     router_failures,
                 },
+                streams,
             }),
         })
     }
@@ -195,9 +205,19 @@ impl Gateway {
     /// Refresh orchestrator info once now, then periodically.
     pub async fn start(&self) -> tokio::task::JoinHandle<()> {
         self.inner.discovery.refresh().await;
-        self.inner
+        let janitor = self.spawn_live_janitor();
+        let refresh = self
+            .inner
             .discovery
-            .spawn_refresh(self.inner.config.refresh_interval)
+            .spawn_refresh(self.inner.config.refresh_interval);
+        tokio::spawn(async move {
+            let _ = tokio::join!(janitor, refresh);
+        })
+    }
+
+    /// What RTMP publishes are handed to.
+    pub fn rtmp_handler(&self) -> Arc<dyn weir_media::rtmp::PublishHandler> {
+        Arc::new(self.clone())
     }
 
     /// The HTTP routes: the AI API, `/results/{name}`, `/openapi.json` and
@@ -208,21 +228,37 @@ impl Gateway {
             .route("/gateway/orchestrators", get(orchestrators))
             .layer(DefaultBodyLimit::max(self.inner.config.max_body_bytes))
             .layer(middleware::from_fn_with_state(self.clone(), require_client));
+        let push = Router::new()
+            .route(
+                "/live/{stream}/{file}",
+                post(crate::live::push).put(crate::live::push),
+            )
+            .layer(DefaultBodyLimit::max(self.inner.config.live.max_push_bytes))
+            .layer(middleware::from_fn_with_state(self.clone(), require_client));
         Router::new()
+            .route("/stream/{file}", get(crate::live::master))
+            .route("/stream/{stream}/{file}", get(crate::live::media))
+            .route(
+                "/stream/{stream}/{rendition}/{file}",
+                get(crate::live::segment),
+            )
+            .merge(push)
             .route("/results/{name}", get(result))
             .route("/openapi.json", get(openapi))
             .merge(api)
             .with_state(self.clone())
     }
 
-    fn choose(
+    /// The orchestrators to try for `job`, best first: those offering `cap` with the model
+    /// the client named (`named_model`), else `default_model`, else the most offered one; at or
+    /// below the max price; ranked by the router component; suspended ones last.
+    pub(crate) fn choose(
         &self,
-        parsed: &ParsedRequest,
-        units: u64,
-        request_id: &str,
+        cap: &str,
+        named_model: Option<&str>,
+        default_model: &str,
+        job: JobRequest,
     ) -> Result<Vec<Choice>, AiHttpError> {
-        let capability = parsed.request.capability();
-        let cap = capability.id();
         let known = self.inner.discovery.known();
         let now = Instant::now();
         let offers: Vec<(
@@ -249,8 +285,7 @@ impl Gateway {
                 ),
             ));
         }
-        let model = if parsed.model_named {
-            let model = parsed.request.model_id();
+        let model = if let Some(model) = named_model {
             if !offers.iter().any(|(_, _, m)| m.model_id == model) {
                 let mut offered: Vec<&str> =
                     offers.iter().map(|(_, _, m)| m.model_id.as_str()).collect();
@@ -265,11 +300,8 @@ impl Gateway {
                 ));
             }
             model.to_owned()
-        } else if offers
-            .iter()
-            .any(|(_, _, m)| m.model_id == capability.default_model())
-        {
-            capability.default_model().to_owned()
+        } else if offers.iter().any(|(_, _, m)| m.model_id == default_model) {
+            default_model.to_owned()
         } else {
             let mut counts = std::collections::BTreeMap::<&str, usize>::new();
             for (_, _, m) in &offers {
@@ -350,7 +382,9 @@ impl Gateway {
         // Candidates are owned now: let refreshes and stats in before the router runs.
         drop(offers);
         drop(known);
-        let mut ordered = self.rank(parsed, &model, units, request_id, fresh);
+        let mut job = job;
+        job.model = model.clone();
+        let mut ordered = self.rank(&job, fresh);
         // Suspended orchestrators are a last resort, cheapest first.
         suspended.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
         ordered.extend(suspended);
@@ -367,31 +401,17 @@ impl Gateway {
 
     /// Order candidates with the router component; warm models first (stable), and price
     /// order when the router fails.
-    fn rank(
-        &self,
-        parsed: &ParsedRequest,
-        model: &str,
-        units: u64,
-        request_id: &str,
-        candidates: Vec<Candidate>,
-    ) -> Vec<Candidate> {
+    fn rank(&self, job: &JobRequest, candidates: Vec<Candidate>) -> Vec<Candidate> {
         if candidates.is_empty() {
             return candidates;
         }
         let router = &self.inner.config.router;
-        let mut job = weir_runtime::jobs::job_request(
-            request_id,
-            &parsed.request,
-            parsed.facts,
-            units,
-            &self.inner.payments.sender(),
-        );
-        job.model = model.to_owned();
+        let model = job.model.as_str();
         let ranked = self
             .inner
             .registry
             .get_world(router, WorldKind::Router)
-            .and_then(|r| r.select(&job, &candidates));
+            .and_then(|r| r.select(job, &candidates));
         let mut ordered: Vec<Candidate> = match ranked {
             Ok(ranking) => ranking
                 .into_iter()
@@ -422,9 +442,30 @@ impl Gateway {
         body: &Bytes,
         timeout: Duration,
     ) -> Attempt {
-        let inner = &self.inner;
         let cap = parsed.request.capability().id();
-        let pending = match inner
+        self.attempt_with(choice, cap, units, |pending| async move {
+            self.attempt_paid(choice, parsed, content_type, body, timeout, &pending)
+                .await
+        })
+        .await
+    }
+
+    /// Reserve the cost of `units` with `choice` and run `run` with the signed payment. If the
+    /// future is dropped midway (the client went away), the reservation is released and the
+    /// payment taken back; `run` itself settles or abandons.
+    pub(crate) async fn attempt_with<T, F, Fut>(
+        &self,
+        choice: &Choice,
+        cap: &str,
+        units: u64,
+        run: F,
+    ) -> Attempt<T>
+    where
+        F: FnOnce(crate::payments::Pending) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let pending = match self
+            .inner
             .payments
             .prepare(&choice.url, cap, &choice.model, units, choice.price)
             .await
@@ -432,17 +473,12 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => return Attempt::Fail(err(500, format!("gateway ledger: {e}"))),
         };
-        // If the client goes away mid-attempt, this future is dropped: the guard still
-        // releases the reservation and takes the payment back (the orchestrator, whose
-        // request is dropped with it, does the same).
         let mut guard = Unsettled {
             inner: self.inner.clone(),
             pending: pending.clone(),
             armed: true,
         };
-        let outcome = self
-            .attempt_paid(choice, parsed, content_type, body, timeout, &pending)
-            .await;
+        let outcome = run(pending).await;
         guard.armed = false;
         outcome
     }
@@ -456,92 +492,156 @@ impl Gateway {
         timeout: Duration,
         pending: &crate::payments::Pending,
     ) -> Attempt {
-        let inner = &self.inner;
         let cap = parsed.request.capability().id();
-        let started = Instant::now();
-        let sent = inner
+        let request = self
+            .inner
             .client
             .post(format!("{}/{cap}", choice.url))
             .header(header::CONTENT_TYPE, content_type)
-            .header(PAYMENT_HEADER, pending.header.as_str())
             .header(MODEL_HEADER, &choice.model)
-            .body(body.clone())
+            .body(body.clone());
+        self.exchange(
+            choice,
+            cap,
+            pending,
+            request,
+            timeout,
+            |answer| async move {
+                // Store the media before paying: an answer that cannot be stored is not a result.
+                let v = serde_json::from_slice::<serde_json::Value>(&answer.body)
+                    .map_err(|e| format!("invalid JSON: {e}"))?;
+                self.store_results(parsed.request.capability(), v).await
+            },
+        )
+        .await
+    }
+
+    /// Send `request` to `choice` with the payment of `pending`, and settle or take the payment
+    /// back depending on the answer: a 2xx whose body `accept` takes is settled at the charge
+    /// the orchestrator reports (checked against the ledger); a 2xx it refuses, an error status
+    /// or no answer at all is abandoned and classified (next orchestrator, retry later, new
+    /// price).
+    pub(crate) async fn exchange<T, F, Fut>(
+        &self,
+        choice: &Choice,
+        cap: &str,
+        pending: &crate::payments::Pending,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+        accept: F,
+    ) -> Attempt<T>
+    where
+        F: FnOnce(Answer) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let inner = &self.inner;
+        let acct = pending.account.as_str();
+        let started = Instant::now();
+        let sent = request
+            .header(PAYMENT_HEADER, pending.header.as_str())
             .timeout(timeout)
             .send()
             .await;
-        let acct = account(cap, &choice.model);
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
                 inner.payments.abandon(pending).await;
-                inner
-                    .discovery
-                    .record(&choice.url, &acct, false, started.elapsed());
-                let why = if e.is_timeout() {
-                    format!("no answer within {timeout:?}")
-                } else {
-                    format!("transport error: {e}")
-                };
-                inner
-                    .discovery
-                    .suspend(&choice.url, inner.config.suspend_for, &why);
-                return Attempt::Next(why);
+                return self.unreachable(choice, acct, &e, timeout, started.elapsed());
             }
         };
         let status = response.status();
-        let header_u64 = |name: &str| {
+        let header = |name: &str| {
             response
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
+                .map(str::to_owned)
         };
-        let (charge, balance) = (header_u64(CHARGE_HEADER), header_u64(BALANCE_HEADER));
-        let answer = read_capped(response).await;
-        if status.is_success() {
-            // Store the media before paying: an answer that cannot be stored is not a result.
-            let stored = match answer.and_then(|b| {
-                serde_json::from_slice::<serde_json::Value>(&b)
-                    .map_err(|e| format!("invalid JSON: {e}"))
-            }) {
-                Ok(v) => self.store_results(parsed.request.capability(), v).await,
-                Err(e) => Err(e),
-            };
-            let body = match stored {
-                Ok(v) => v,
-                Err(e) => {
-                    inner.payments.abandon(pending).await;
-                    inner
-                        .discovery
-                        .record(&choice.url, &acct, false, started.elapsed());
-                    inner
-                        .discovery
-                        .suspend(&choice.url, inner.config.suspend_for, &e);
-                    return Attempt::Next(format!("unreadable answer: {e}"));
-                }
-            };
-            inner
-                .discovery
-                .record(&choice.url, &acct, true, started.elapsed());
-            return match inner.payments.settle(pending, charge, balance).await {
-                Ok(s) => Attempt::Done {
-                    body,
-                    charge: s.charge,
-                },
-                Err(e) => Attempt::Fail(err(500, format!("gateway ledger: {e}"))),
-            };
+        let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
+        let (charge, balance) = (number(CHARGE_HEADER), number(BALANCE_HEADER));
+        let content_type = header(header::CONTENT_TYPE.as_str()).unwrap_or_default();
+        let body = read_capped(response).await;
+        if !status.is_success() {
+            inner.payments.abandon(pending).await;
+            let message = error_message(body.ok(), status);
+            return self
+                .refused(
+                    choice,
+                    cap,
+                    acct,
+                    status.as_u16(),
+                    message,
+                    started.elapsed(),
+                )
+                .await;
         }
-        inner.payments.abandon(pending).await;
-        let message = answer
-            .ok()
-            .and_then(|b| serde_json::from_slice::<weir_protocol::error::AiErrorBody>(&b).ok())
-            .map(|b| match b {
-                weir_protocol::error::AiErrorBody::Message(m) => m.detail.msg,
-                weir_protocol::error::AiErrorBody::Validation(v) => v.to_string(),
-            })
-            .unwrap_or_else(|| status.to_string());
-        let why = format!("{}: {message}", status.as_u16());
-        match status.as_u16() {
+        let accepted = match body {
+            Ok(body) => accept(Answer { content_type, body }).await,
+            Err(e) => Err(e),
+        };
+        match accepted {
+            Ok(value) => {
+                inner
+                    .discovery
+                    .record(&choice.url, acct, true, started.elapsed());
+                match inner.payments.settle(pending, charge, balance).await {
+                    Ok(s) => Attempt::Done {
+                        body: value,
+                        charge: s.charge,
+                    },
+                    Err(e) => Attempt::Fail(err(500, format!("gateway ledger: {e}"))),
+                }
+            }
+            Err(e) => {
+                inner.payments.abandon(pending).await;
+                inner
+                    .discovery
+                    .record(&choice.url, acct, false, started.elapsed());
+                inner
+                    .discovery
+                    .suspend(&choice.url, inner.config.suspend_for, &e);
+                Attempt::Next(format!("unreadable answer: {e}"))
+            }
+        }
+    }
+
+    /// An orchestrator could not be reached or did not answer in time: record it, leave it out
+    /// for a while, try the next.
+    pub(crate) fn unreachable<T>(
+        &self,
+        choice: &Choice,
+        acct: &str,
+        e: &reqwest::Error,
+        timeout: Duration,
+        took: Duration,
+    ) -> Attempt<T> {
+        let inner = &self.inner;
+        inner.discovery.record(&choice.url, acct, false, took);
+        let why = if e.is_timeout() {
+            format!("no answer within {timeout:?}")
+        } else {
+            format!("transport error: {e}")
+        };
+        inner
+            .discovery
+            .suspend(&choice.url, inner.config.suspend_for, &why);
+        Attempt::Next(why)
+    }
+
+    /// An orchestrator answered `status` with `message` (the payment is already taken back):
+    /// decide whether to retry it at a new price, later, or move on.
+    pub(crate) async fn refused<T>(
+        &self,
+        choice: &Choice,
+        cap: &str,
+        acct: &str,
+        status: u16,
+        message: String,
+        took: Duration,
+    ) -> Attempt<T> {
+        let inner = &self.inner;
+        let why = format!("{status}: {message}");
+        match status {
             402 => {
                 // The price may have changed since the last refresh: look again.
                 inner.discovery.refresh_one(&choice.url).await;
@@ -587,7 +687,7 @@ impl Gateway {
                 Attempt::Next(why)
             }
             400 | 413 | 415 | 422 => Attempt::Fail(AiHttpError {
-                status: status.as_u16(),
+                status,
                 body: weir_protocol::error::AiErrorBody::Message(
                     weir_protocol::error::HttpErrorBody::new(format!(
                         "orchestrator {} refused the request: {message}",
@@ -596,9 +696,7 @@ impl Gateway {
                 ),
             }),
             _ => {
-                inner
-                    .discovery
-                    .record(&choice.url, &acct, false, started.elapsed());
+                inner.discovery.record(&choice.url, acct, false, took);
                 inner
                     .discovery
                     .suspend(&choice.url, inner.config.suspend_for, &why);
@@ -643,8 +741,56 @@ impl Gateway {
             body
         };
 
-        let mut queue: std::collections::VecDeque<Choice> =
-            self.choose(&parsed, units, &request_id)?.into();
+        let job = weir_runtime::jobs::job_request(
+            &request_id,
+            &parsed.request,
+            parsed.facts,
+            units,
+            &inner.payments.sender(),
+        );
+        let named = parsed.model_named.then(|| parsed.request.model_id());
+        let queue: std::collections::VecDeque<Choice> = self
+            .choose(capability.id(), named, capability.default_model(), job)?
+            .into();
+        let (choice, body, charge, tried) = self
+            .with_retries(&request_id, queue, |choice| {
+                let (parsed, content_type, body) = (&parsed, &content_type, &body);
+                async move {
+                    let timeout = self.inner.config.attempt_timeout;
+                    self.attempt(&choice, parsed, units, content_type, body, timeout)
+                        .await
+                }
+            })
+            .await?;
+        tracing::info!(request = %request_id, %capability, model = %choice.model, orchestrator = %choice.url, units, charge, attempts = tried, warm = choice.warm, "request served");
+        let mut response = if stream {
+            sse(body)?
+        } else {
+            Json(body).into_response()
+        };
+        let h = response.headers_mut();
+        h.insert(CHARGE_HEADER, HeaderValue::from(charge));
+        if let Ok(v) = HeaderValue::from_str(&choice.url) {
+            h.insert(ORCHESTRATOR_HEADER, v);
+        }
+        Ok(response)
+    }
+
+    /// Try `queue` in order with `attempt` until one serves the job: failed orchestrators are
+    /// skipped, full ones retried later with backoff, repriced ones retried once at their new
+    /// price; all within `max_attempts` and the retry budget. Returns the orchestrator, its
+    /// answer, the charge and the number of attempts.
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        request_id: &str,
+        mut queue: std::collections::VecDeque<Choice>,
+        mut attempt: F,
+    ) -> Result<(Choice, T, u64, u32), AiHttpError>
+    where
+        F: FnMut(Choice) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let inner = &self.inner;
         let deadline = Instant::now() + inner.config.retry_budget;
         let mut failures: Vec<String> = Vec::new();
         let mut tried = 0u32;
@@ -656,53 +802,29 @@ impl Gateway {
                 break;
             }
             tried += 1;
-            let timeout = inner.config.attempt_timeout;
-            let outcome = self
-                .attempt(&choice, &parsed, units, &content_type, &body, timeout)
-                .await;
-            match outcome {
+            let count = |outcome: &str| {
+                inner
+                    .metrics
+                    .attempts
+                    .with_label_values(&[choice.url.as_str(), outcome])
+                    .inc();
+            };
+            match attempt(choice.clone()).await {
                 Attempt::Done { body, charge } => {
-                    inner
-                        .metrics
-                        .attempts
-                        .with_label_values(&[choice.url.as_str(), "ok"])
-                        .inc();
-                    tracing::info!(request = %request_id, %capability, model = %choice.model, orchestrator = %choice.url, units, charge, attempts = tried, warm = choice.warm, "request served");
-                    let mut response = if stream {
-                        sse(body)?
-                    } else {
-                        Json(body).into_response()
-                    };
-                    let h = response.headers_mut();
-                    h.insert(CHARGE_HEADER, HeaderValue::from(charge));
-                    if let Ok(v) = HeaderValue::from_str(&choice.url) {
-                        h.insert(ORCHESTRATOR_HEADER, v);
-                    }
-                    return Ok(response);
+                    count("ok");
+                    return Ok((choice, body, charge, tried));
                 }
                 Attempt::Fail(e) => {
-                    inner
-                        .metrics
-                        .attempts
-                        .with_label_values(&[choice.url.as_str(), "refused"])
-                        .inc();
+                    count("refused");
                     return Err(e);
                 }
                 Attempt::Next(why) => {
-                    inner
-                        .metrics
-                        .attempts
-                        .with_label_values(&[choice.url.as_str(), "failed"])
-                        .inc();
+                    count("failed");
                     tracing::warn!(request = %request_id, orchestrator = %choice.url, reason = %why, "attempt failed; trying the next orchestrator");
                     failures.push(format!("{}: {why}", choice.url));
                 }
                 Attempt::Busy(why) => {
-                    inner
-                        .metrics
-                        .attempts
-                        .with_label_values(&[choice.url.as_str(), "busy"])
-                        .inc();
+                    count("busy");
                     failures.push(format!("{}: {why}", choice.url));
                     // Back off a little, more as the request keeps meeting full orchestrators.
                     let pause = Duration::from_millis((20 * u64::from(tried)).min(250));
@@ -713,11 +835,7 @@ impl Gateway {
                     queue.push_back(choice);
                 }
                 Attempt::Repriced(price) => {
-                    inner
-                        .metrics
-                        .attempts
-                        .with_label_values(&[choice.url.as_str(), "repriced"])
-                        .inc();
+                    count("repriced");
                     failures.push(format!("{}: price changed", choice.url));
                     if repriced.insert(choice.url.clone()) {
                         tracing::info!(orchestrator = %choice.url, ppu = price.price_per_unit, units_per = price.pixels_per_unit, "orchestrator changed its price; trying again at the new price");
@@ -836,7 +954,25 @@ fn unit(p: &Price) -> UnitPrice {
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, String> {
+/// The cause an orchestrator gave in its error body, else the status line.
+pub(crate) fn error_message(body: Option<Bytes>, status: reqwest::StatusCode) -> String {
+    body.and_then(|b| serde_json::from_slice::<weir_protocol::error::AiErrorBody>(&b).ok())
+        .map(|b| match b {
+            weir_protocol::error::AiErrorBody::Message(m) => m.detail.msg,
+            weir_protocol::error::AiErrorBody::Validation(v) => v.to_string(),
+        })
+        .unwrap_or_else(|| status.to_string())
+}
+
+/// The message of an error answer.
+pub(crate) fn message_of(e: &AiHttpError) -> String {
+    match &e.body {
+        weir_protocol::error::AiErrorBody::Message(m) => m.detail.msg.clone(),
+        weir_protocol::error::AiErrorBody::Validation(v) => v.to_string(),
+    }
+}
+
+pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Bytes, String> {
     let mut out = Vec::new();
     while let Some(chunk) = response
         .chunk()

@@ -112,6 +112,8 @@ pub struct OrchestratorConfig {
     pub max_body_bytes: usize,
     /// Period of runner health checks.
     pub health_interval: Duration,
+    /// Live transcoding.
+    pub transcode: crate::transcode::TranscodeConfig,
 }
 
 #[cfg(test)]

@@ -8,10 +8,15 @@
 //! capacity` when full); reserve the job's cost from the sender's balance (`402` when short);
 //! run the model; settle on success or release on failure (also when the client goes away).
 //! The answer carries the remaining balance (`Weir-Balance`) and the charge (`Weir-Charge`).
+//!
+//! Live transcoding (`POST /transcode`, [`transcode`]) follows the same payment steps per
+//! MPEG-TS segment, billed per output pixel.
 
 pub mod config;
 pub mod runners;
 mod server;
+pub mod transcode;
 
 pub use config::{ModelEntry, OrchestratorConfig, RunnerSpec};
 pub use server::{Orchestrator, OrchestratorError};
+pub use transcode::TranscodeConfig;

@@ -27,6 +27,7 @@ use weir_runtime::{Price, QuoteContext, Registry, Role, WorldKind};
 
 use crate::config::OrchestratorConfig;
 use crate::runners;
+use crate::transcode::{self as live, TranscodeSlot};
 
 /// Why the orchestrator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,7 @@ struct Inner {
     registry: Arc<Registry>,
     ledger: Ledger,
     models: Vec<ModelSlot>,
+    transcode: Option<TranscodeSlot>,
     metrics: Metrics,
 }
 
@@ -75,7 +77,7 @@ pub struct Orchestrator {
 }
 
 /// A reservation that is released unless settled, even when the request is dropped midway.
-struct Held {
+pub(crate) struct Held {
     ledger: Ledger,
     id: String,
     /// The payment applied with this job, taken back with it.
@@ -84,7 +86,7 @@ struct Held {
 }
 
 impl Held {
-    async fn settle(mut self, charge: u64) -> Result<u64, LedgerError> {
+    pub(crate) async fn settle(mut self, charge: u64) -> Result<u64, LedgerError> {
         self.open = false;
         Ok(self
             .ledger
@@ -93,7 +95,7 @@ impl Held {
             .amount)
     }
 
-    async fn release(mut self) -> Result<(), LedgerError> {
+    pub(crate) async fn release(mut self) -> Result<(), LedgerError> {
         self.open = false;
         self.ledger
             .release_and_revoke(&self.id, self.credit.as_deref())
@@ -116,13 +118,46 @@ impl Drop for Held {
     }
 }
 
-fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
+pub(crate) fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
     AiHttpError::new(status, msg)
 }
 
 fn price_above(a: UnitPrice, b: UnitPrice) -> bool {
     u128::from(a.price_per_unit) * u128::from(b.pixels_per_unit)
         > u128::from(b.price_per_unit) * u128::from(a.pixels_per_unit)
+}
+
+/// The cost of `units` at the current `price`, refused (402) when the price is above the one
+/// `payment` agreed to.
+pub(crate) fn agreed_charge(
+    what: &str,
+    price: &Price,
+    payment: &Payment,
+    units: u64,
+) -> Result<u64, AiHttpError> {
+    let current = UnitPrice {
+        price_per_unit: price.price_per_unit,
+        pixels_per_unit: price.pixels_per_unit,
+    };
+    if price_above(current, payment.price()) {
+        return Err(err(
+            402,
+            format!(
+                "price changed: {what} now costs {}/{} {} per unit; the payment agreed to {}/{}",
+                current.price_per_unit,
+                current.pixels_per_unit,
+                price.currency,
+                payment.price_per_unit,
+                payment.pixels_per_unit
+            ),
+        ));
+    }
+    weir_payments::cost(units, current).ok_or_else(|| {
+        err(
+            400,
+            format!("{units} units at this price overflow the ledger"),
+        )
+    })
 }
 
 impl Orchestrator {
@@ -169,6 +204,8 @@ impl Orchestrator {
                 timeout: entry.timeout(),
             });
         }
+        let transcode =
+            TranscodeSlot::build(&config.transcode).map_err(OrchestratorError::Config)?;
         let released = ledger
             .release_stale(std::time::Duration::from_secs(0))
             .await?;
@@ -198,6 +235,7 @@ impl Orchestrator {
                 registry,
                 ledger,
                 models,
+                transcode,
                 metrics: Metrics { jobs, seconds },
             }),
         })
@@ -208,10 +246,19 @@ impl Orchestrator {
         &self.inner.ledger
     }
 
-    /// The HTTP routes: `GET /info` and `POST /{capability}`.
+    pub(crate) fn transcode_slot(&self) -> Option<&TranscodeSlot> {
+        self.inner.transcode.as_ref()
+    }
+
+    pub(crate) fn max_payment_skew(&self) -> std::time::Duration {
+        self.inner.config.max_payment_skew
+    }
+
+    /// The HTTP routes: `GET /info`, `POST /transcode` and `POST /{capability}`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/info", get(info))
+            .route("/transcode", post(live::handle))
             .route("/{capability}", post(job))
             .layer(DefaultBodyLimit::max(self.inner.config.max_body_bytes))
             .with_state(self.clone())
@@ -235,11 +282,87 @@ impl Orchestrator {
         })
     }
 
+    pub(crate) fn pricing_error(&self, e: String) -> AiHttpError {
+        err(
+            500,
+            format!("pricing component `{}`: {e}", self.inner.config.pricing),
+        )
+    }
+
+    /// Apply `payment` and reserve `charge` for job `job_id` in one transaction; the returned
+    /// guard releases both unless the job is settled.
+    pub(crate) async fn reserve(
+        &self,
+        payment: &Payment,
+        job_id: &str,
+        account: &str,
+        model: &str,
+        units: u64,
+        charge: u64,
+    ) -> Result<Held, AiHttpError> {
+        let ledger = &self.inner.ledger;
+        let (_, applied) = ledger
+            .credit_and_reserve(
+                &payment.id,
+                payment.amount,
+                job_id,
+                &payment.sender,
+                account,
+                model,
+                units,
+                charge,
+            )
+            .await
+            .map_err(|e| match e {
+                LedgerError::Conflict(id) => err(
+                    402,
+                    format!("payment id `{id}` was already used for another payment"),
+                ),
+                LedgerError::Insufficient { balance, needed, .. } => err(
+                    402,
+                    format!("insufficient balance: sender {} holds {balance} for {account}, the job costs {needed}", payment.sender),
+                ),
+                other => err(500, format!("ledger: {other}")),
+            })?;
+        Ok(Held {
+            ledger: ledger.clone(),
+            id: job_id.to_owned(),
+            credit: applied.then(|| payment.id.clone()),
+            open: true,
+        })
+    }
+
     fn quote(
         &self,
         m: &ModelSlot,
         sender: &str,
         facts: MediaFacts,
+        units: u64,
+    ) -> Result<Price, String> {
+        let output = weir_runtime::OutputSize {
+            width: facts.image.map_or(0, |i| i.0),
+            height: facts.image.map_or(0, |i| i.1),
+            frames: 0,
+            count: 1,
+        };
+        self.quote_for(
+            m.capability.id(),
+            &m.model_id,
+            &m.capacity,
+            sender,
+            output,
+            units,
+        )
+    }
+
+    /// What the pricing component charges `sender` for `units` of `capability`/`model`.
+    pub(crate) fn quote_for(
+        &self,
+        capability: &str,
+        model: &str,
+        capacity: &Capacity,
+        sender: &str,
+        output: weir_runtime::OutputSize,
         units: u64,
     ) -> Result<Price, String> {
         let pricing = self
@@ -249,23 +372,18 @@ impl Orchestrator {
             .map_err(|e| e.to_string())?;
         let request = weir_runtime::JobRequest {
             id: String::new(),
-            capability: m.capability.id().to_owned(),
-            model: m.model_id.clone(),
+            capability: capability.to_owned(),
+            model: model.to_owned(),
             params: Vec::new(),
-            output: weir_runtime::OutputSize {
-                width: facts.image.map_or(0, |i| i.0),
-                height: facts.image.map_or(0, |i| i.1),
-                frames: 0,
-                count: 1,
-            },
+            output,
             units,
             sender: sender.to_owned(),
         };
         let context = QuoteContext {
             role: Role::Orchestrator,
             counterparty: sender.to_owned(),
-            in_flight: m.capacity.in_flight(),
-            capacity: m.capacity.limit(),
+            in_flight: capacity.in_flight(),
+            capacity: capacity.limit(),
         };
         let price = pricing
             .quote(&request, &context)
@@ -301,7 +419,34 @@ impl Orchestrator {
                     None
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut models = models;
+        if let Some(t) = &self.inner.transcode {
+            let output = weir_runtime::OutputSize {
+                width: 0,
+                height: 0,
+                frames: 0,
+                count: 1,
+            };
+            match self.quote_for(live::CAPABILITY, live::MODEL, &t.capacity, "", output, 0) {
+                Ok(price) => models.push(InfoModel {
+                    capability: live::CAPABILITY.to_owned(),
+                    model_id: live::MODEL.to_owned(),
+                    warm: true,
+                    runner: t.kind.to_owned(),
+                    price: InfoPrice {
+                        price_per_unit: price.price_per_unit,
+                        pixels_per_unit: price.pixels_per_unit,
+                        currency: price.currency,
+                    },
+                    capacity: t.capacity.limit(),
+                    in_flight: t.capacity.in_flight(),
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "transcoding not advertised: no price");
+                }
+            }
+        }
         OrchestratorInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             service_url: self.inner.config.service_url.clone(),
@@ -393,36 +538,13 @@ impl Orchestrator {
             .map_err(|e| err(400, e))?;
         let price = self
             .quote(m, &payment.sender, parsed.facts, units)
-            .map_err(|e| {
-                err(
-                    500,
-                    format!("pricing component `{}`: {e}", inner.config.pricing),
-                )
-            })?;
-        let current = UnitPrice {
-            price_per_unit: price.price_per_unit,
-            pixels_per_unit: price.pixels_per_unit,
-        };
-        if price_above(current, payment.price()) {
-            return Err(err(
-                402,
-                format!(
-                    "price changed: {capability}/{} now costs {}/{} {} per unit; the payment agreed to {}/{}",
-                    m.model_id,
-                    current.price_per_unit,
-                    current.pixels_per_unit,
-                    price.currency,
-                    payment.price_per_unit,
-                    payment.pixels_per_unit
-                ),
-            ));
-        }
-        let charge = weir_payments::cost(units, current).ok_or_else(|| {
-            err(
-                400,
-                format!("{units} units at this price overflow the ledger"),
-            )
-        })?;
+            .map_err(|e| self.pricing_error(e))?;
+        let charge = agreed_charge(
+            &format!("{capability}/{}", m.model_id),
+            &price,
+            payment,
+            units,
+        )?;
 
         let slot: Slot = m.capacity.try_acquire().map_err(|full| {
             err(
@@ -435,36 +557,9 @@ impl Orchestrator {
         })?;
 
         let job_id = format!("job-{:032x}", rand::random::<u128>());
-        let (_, applied) = inner
-            .ledger
-            .credit_and_reserve(
-                &payment.id,
-                payment.amount,
-                &job_id,
-                &payment.sender,
-                account,
-                &m.model_id,
-                units,
-                charge,
-            )
-            .await
-            .map_err(|e| match e {
-                LedgerError::Conflict(id) => err(
-                    402,
-                    format!("payment id `{id}` was already used for another payment"),
-                ),
-                LedgerError::Insufficient { balance, needed, .. } => err(
-                    402,
-                    format!("insufficient balance: sender {} holds {balance} for {account}, the job costs {needed}", payment.sender),
-                ),
-                other => err(500, format!("ledger: {other}")),
-            })?;
-        let held = Held {
-            ledger: inner.ledger.clone(),
-            id: job_id.clone(),
-            credit: applied.then(|| payment.id.clone()),
-            open: true,
-        };
+        let held = self
+            .reserve(payment, &job_id, account, &m.model_id, units, charge)
+            .await?;
 
         let input = RunnerInput {
             request: parsed.request,
@@ -510,7 +605,10 @@ impl Orchestrator {
     }
 }
 
-fn payment(headers: &HeaderMap, max_skew: std::time::Duration) -> Result<Payment, AiHttpError> {
+pub(crate) fn payment(
+    headers: &HeaderMap,
+    max_skew: std::time::Duration,
+) -> Result<Payment, AiHttpError> {
     let value = headers
         .get(PAYMENT_HEADER)
         .ok_or_else(|| err(402, "payment required: send a signed Weir-Payment header"))?

@@ -407,7 +407,7 @@ impl Ledger {
     pub async fn totals(&self, what: Totals) -> Result<Vec<TotalRow>, LedgerError> {
         let sql = match what {
             Totals::Spent => "SELECT party, capability, model, COUNT(*), SUM(amount) FROM entries WHERE kind = 'spend' GROUP BY party, capability, model ORDER BY party, capability, model",
-            // The orchestrator settles at the full reserved amount.
+            // A settled reservation's amount is what was charged.
             Totals::Charged => "SELECT party, capability, model, COUNT(*), SUM(amount) FROM entries WHERE kind = 'reservation' AND state = 'settled' GROUP BY party, capability, model ORDER BY party, capability, model",
         };
         let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
@@ -474,6 +474,14 @@ impl Ledger {
         let (party, capability, model, units, reserved): (String, String, String, i64, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         let charged = reserved.min(to_i64(charge)?);
+        if charged != reserved {
+            // The settled reservation records what was charged.
+            sqlx::query("UPDATE entries SET amount = ? WHERE id = ? AND kind = 'reservation'")
+                .bind(charged)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         // What was held but not charged returns to the balance.
         let balance: i64 = sqlx::query_scalar(
             "UPDATE balances SET balance = balance + ? WHERE sender = ? AND capability = ? RETURNING balance",
@@ -696,6 +704,9 @@ mod tests {
         assert_eq!(topup, 70);
         let after = l.settle_charged("j3", 90, None).await.expect("settle");
         assert_eq!(after.amount, 10);
+        // A job charged less than it held counts at its charge.
+        let charged = l.totals(Totals::Charged).await.expect("totals");
+        assert_eq!(charged.iter().map(|r| r.amount).sum::<u64>(), 90);
     }
 
     #[tokio::test]

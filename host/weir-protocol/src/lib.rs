@@ -17,6 +17,7 @@ pub mod body;
 pub mod capability;
 pub mod error;
 pub mod info;
+pub mod multipart;
 pub mod openapi;
 
 pub use capability::{Capability, UnitKind};

@@ -35,6 +35,19 @@ pub enum BenchCmd {
     /// Latency and throughput added by the gateway hop against calling the orchestrator
     /// directly, and the ONNX upscaler against onnxruntime's Python package.
     Gateway(crate::bench_gateway::GatewayBench),
+    /// Transcoding a 1080p30 source to the 240p30+360p30 ladder with Weir's transcoder against
+    /// the `ffmpeg` CLI running the same graph.
+    Transcode {
+        /// Length of the generated source, seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// x264 preset, both sides.
+        #[arg(long, default_value = "veryfast")]
+        preset: String,
+        /// Threads for the decoder and each encoder, both sides (0: the libraries choose).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
 }
 
 /// Run a benchmark.
@@ -52,6 +65,20 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             candidates.max(1),
         ),
         BenchCmd::Gateway(args) => crate::bench_gateway::run(args),
+        BenchCmd::Transcode {
+            seconds,
+            preset,
+            threads,
+        } => {
+            let report =
+                crate::bench_transcode::run(&crate::bench_transcode::TranscodeBenchArgs {
+                    seconds,
+                    preset,
+                    threads,
+                })?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 

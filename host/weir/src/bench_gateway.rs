@@ -233,6 +233,10 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
         max_payment_skew: Duration::from_secs(300),
         max_file_bytes: 1 << 20,
         max_body_bytes: 2 << 20,
+        transcode: weir_orchestrator::TranscodeConfig {
+            enabled: false,
+            ..Default::default()
+        },
         health_interval: Duration::from_secs(3600),
     };
     let orchestrator = weir_orchestrator::Orchestrator::new(
@@ -261,6 +265,7 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
         results_dir: data.path().join("results"),
         max_file_bytes: 1 << 20,
         max_body_bytes: 2 << 20,
+        live: weir_gateway::LiveConfig::default(),
     };
     let gateway = weir_gateway::Gateway::new(
         gw_config,

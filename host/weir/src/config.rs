@@ -51,6 +51,21 @@ pub struct GatewaySection {
     pub max_upload_mib: Option<usize>,
     /// Most paid per capability or `capability/model`: `"PPU"` or `"PPU/UNITS"`.
     pub max_price: std::collections::BTreeMap<String, String>,
+    /// RTMP listen address (`--rtmpAddr`; default `127.0.0.1:1935`).
+    pub rtmp_addr: Option<SocketAddr>,
+    /// The ladder: preset names (`P240p30fps16x9,P360p30fps16x9`, the default) or the JSON
+    /// array form (`--transcodingOptions`).
+    pub transcoding_options: Option<String>,
+    /// Target segment length in seconds (default 2).
+    pub segment_secs: Option<f64>,
+    /// Segments listed per media playlist (default 6).
+    pub hls_window: Option<usize>,
+    /// Live streams at once (`--maxSessions`; default 10).
+    pub max_sessions: Option<usize>,
+    /// URL asked to accept each new stream (`--authWebhookUrl`).
+    pub auth_webhook_url: Option<String>,
+    /// Largest HTTP-pushed segment in MiB (default 64).
+    pub max_push_mib: Option<usize>,
 }
 
 /// `[orchestrator]`.
@@ -74,6 +89,8 @@ pub struct OrchestratorSection {
     pub max_upload_mib: Option<usize>,
     /// What is served.
     pub models: Vec<weir_orchestrator::ModelEntry>,
+    /// Live transcoding (`[orchestrator.transcode]`; on by default).
+    pub transcode: Option<weir_orchestrator::TranscodeConfig>,
 }
 
 /// `[node]`.
@@ -154,6 +171,18 @@ pub struct Overrides {
     /// Listen address of the orchestrator API in a combined node.
     #[arg(long, alias = "serviceAddr", env = "WEIR_SERVICE_ADDR")]
     pub service_addr: Option<SocketAddr>,
+    /// RTMP listen address (gateway).
+    #[arg(long, alias = "rtmpAddr", env = "WEIR_RTMP_ADDR")]
+    pub rtmp_addr: Option<SocketAddr>,
+    /// The transcoding ladder: preset names or a JSON array (gateway).
+    #[arg(long, alias = "transcodingOptions", env = "WEIR_TRANSCODING_OPTIONS")]
+    pub transcoding_options: Option<String>,
+    /// Live streams at once (gateway).
+    #[arg(long, alias = "maxSessions", env = "WEIR_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+    /// URL asked to accept each new stream (gateway).
+    #[arg(long, alias = "authWebhookUrl", env = "WEIR_AUTH_WEBHOOK_URL")]
+    pub auth_webhook_url: Option<String>,
 }
 
 /// The effective settings of a node.
@@ -303,6 +332,35 @@ impl NodeConfig {
         }
         if o.orch_webhook_url.is_some() {
             gateway.orch_webhook_url = o.orch_webhook_url.clone();
+        }
+        if o.rtmp_addr.is_some() {
+            gateway.rtmp_addr = o.rtmp_addr;
+        }
+        if o.transcoding_options.is_some() {
+            gateway.transcoding_options = o.transcoding_options.clone();
+        }
+        if o.max_sessions.is_some() {
+            gateway.max_sessions = o.max_sessions;
+        }
+        if o.auth_webhook_url.is_some() {
+            gateway.auth_webhook_url = o.auth_webhook_url.clone();
+        }
+        if let Some(ladder) = &gateway.transcoding_options {
+            weir_media::profile::parse_profiles(ladder)
+                .map_err(|e| ConfigError::Invalid(format!("gateway.transcoding_options: {e}")))?;
+        }
+        if gateway
+            .segment_secs
+            .is_some_and(|s| !(0.5..=30.0).contains(&s))
+        {
+            return Err(ConfigError::Invalid(
+                "gateway.segment_secs must be between 0.5 and 30".into(),
+            ));
+        }
+        if gateway.hls_window.is_some_and(|w| !(2..=100).contains(&w)) {
+            return Err(ConfigError::Invalid(
+                "gateway.hls_window must be between 2 and 100".into(),
+            ));
         }
         for (key, raw) in &gateway.max_price {
             weir_gateway::parse_price(raw)

@@ -137,6 +137,19 @@ pub fn gateway_config(
         results_dir: config.data_dir.join("results"),
         max_file_bytes: upload,
         max_body_bytes: upload + (1 << 20),
+        live: weir_gateway::LiveConfig {
+            profiles: match &g.transcoding_options {
+                Some(ladder) => weir_media::profile::parse_profiles(ladder)
+                    .map_err(|e| anyhow::anyhow!("gateway.transcoding_options: {e}"))?,
+                None => weir_media::profile::default_ladder(),
+            },
+            segment: Duration::from_secs_f64(g.segment_secs.unwrap_or(2.0)),
+            window: g.hls_window.unwrap_or(6),
+            max_sessions: g.max_sessions.unwrap_or(10),
+            auth_webhook_url: g.auth_webhook_url.clone(),
+            max_push_bytes: mib(Some(g.max_push_mib.unwrap_or(64))),
+            ..weir_gateway::LiveConfig::default()
+        },
     })
 }
 
@@ -160,6 +173,7 @@ pub fn orchestrator_config(
         max_file_bytes: upload,
         max_body_bytes: upload + (1 << 20),
         health_interval: secs(o.health_secs, 10).max(Duration::from_millis(100)),
+        transcode: o.transcode.clone().unwrap_or_default(),
     }
 }
 
@@ -256,6 +270,23 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         .context("starting the gateway")?;
         ledgers.push(("gateway", gateway.ledger().clone()));
         extra = extra.merge(gateway.router());
+        let rtmp_addr = config
+            .gateway
+            .rtmp_addr
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1935)));
+        let rtmp = tokio::net::TcpListener::bind(rtmp_addr)
+            .await
+            .with_context(|| format!("binding RTMP at {rtmp_addr}"))?;
+        ready_line.push_str(&format!(" rtmp=rtmp://{}", rtmp.local_addr()?));
+        let handler = gateway.rtmp_handler();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                weir_media::rtmp::serve(rtmp, handler, weir_media::rtmp::RtmpLimits::default())
+                    .await
+            {
+                tracing::error!(error = %e, "RTMP server stopped");
+            }
+        }));
         // Serve first, refresh in the background: orchestrators may start after us.
         let g = gateway.clone();
         tasks.push(tokio::spawn(async move {

@@ -1,0 +1,849 @@
+//! Live video on the gateway: RTMP publishes and HTTP-pushed segments become MPEG-TS segments,
+//! each transcoded to the stream's ladder on an orchestrator (chosen, paid and retried like an
+//! AI request), and served as HLS.
+//!
+//! - RTMP: `rtmp://host/live/{stream}`; the stream key names the stream (its manifest id).
+//! - HTTP push: `POST|PUT /live/{stream}/{seq}.ts` (or `.mp4`), Livepeer's headers
+//!   (`Content-Duration`, `Accept: multipart/mixed` for the renditions in the answer).
+//! - HLS: `/stream/{stream}.m3u8` (master), `/stream/{stream}/{rendition}.m3u8` (media),
+//!   `/stream/{stream}/{rendition}/{msn}.ts`; the source is listed as rendition `source`.
+//!
+//! A segment no orchestrator could transcode is still listed in the source rendition, and the
+//! next transcoded segment of each ladder rendition is marked as a discontinuity.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use weir_media::hls::{self, MediaPlaylist, Variant};
+use weir_media::packet::IngestEvent;
+use weir_media::profile::{validate_ladder, Profile};
+use weir_media::rtmp::PublishHandler;
+use weir_media::segmenter::Segmenter;
+use weir_media::transcode::Rendition;
+use weir_media::wire::{
+    self, ladder_pixels, CAPABILITY, DURATION_HEADER, MODEL, PROFILES_HEADER, SEGMENT_HEADER,
+};
+use weir_protocol::AiHttpError;
+use weir_runtime::{JobRequest, OutputSize, Param, ParamValue};
+
+use crate::server::{err, Attempt, Choice, Gateway};
+
+/// Settings of live video on the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveConfig {
+    /// The ladder every stream gets unless its auth webhook names another
+    /// (`transcodingOptions`).
+    pub profiles: Vec<Profile>,
+    /// Target segment length (segments are cut on the first keyframe after it).
+    pub segment: Duration,
+    /// Segments listed in each media playlist.
+    pub window: usize,
+    /// Streams live at once (Livepeer's `maxSessions`).
+    pub max_sessions: usize,
+    /// A URL asked to accept or refuse each new stream (Livepeer's `authWebhookUrl`).
+    pub auth_webhook_url: Option<String>,
+    /// A pushed stream with no new segment for this long has ended.
+    pub push_idle: Duration,
+    /// Largest pushed segment.
+    pub max_push_bytes: usize,
+    /// How long an ended stream's playlists stay served.
+    pub keep_ended: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            profiles: weir_media::profile::default_ladder(),
+            segment: Duration::from_secs(2),
+            window: 6,
+            max_sessions: 10,
+            auth_webhook_url: None,
+            push_idle: Duration::from_secs(60),
+            max_push_bytes: 64 << 20,
+            keep_ended: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One rendition's playlist and what the master playlist says of it.
+struct Track {
+    name: String,
+    playlist: MediaPlaylist,
+    codecs: Option<String>,
+    resolution: Option<(u32, u32)>,
+    frame_rate: Option<f64>,
+    nominal_bps: u64,
+    /// A segment was skipped: mark the next one.
+    gap: bool,
+}
+
+impl Track {
+    fn new(name: &str, config: &LiveConfig, nominal_bps: u64) -> Track {
+        Track {
+            name: name.to_owned(),
+            playlist: MediaPlaylist::new(config.window, config.segment),
+            codecs: None,
+            resolution: None,
+            frame_rate: None,
+            nominal_bps,
+            gap: false,
+        }
+    }
+
+    fn push(&mut self, duration: Duration, at: SystemTime, discontinuity: bool, data: Bytes) {
+        if self.codecs.is_none() {
+            self.codecs = hls::avc_codec(&data).map(|v| format!("{v},mp4a.40.2"));
+        }
+        let gap = std::mem::take(&mut self.gap);
+        self.playlist.push(duration, at, discontinuity || gap, data);
+    }
+
+    fn variant(&self, stream: &str) -> Variant {
+        let bandwidth = match self.playlist.peak_bps() {
+            0 => self.nominal_bps,
+            peak => peak,
+        };
+        Variant {
+            uri: format!("{stream}/{}.m3u8", self.name),
+            bandwidth,
+            codecs: self
+                .codecs
+                .clone()
+                .unwrap_or_else(|| "avc1.64001f,mp4a.40.2".to_owned()),
+            resolution: self.resolution,
+            frame_rate: self.frame_rate,
+        }
+    }
+}
+
+struct StreamState {
+    /// Bumped by every (re)publish; work of an older generation is dropped.
+    generation: u64,
+    source: Track,
+    renditions: Vec<Track>,
+    /// Wall clock of media time 0 (set by the first segment).
+    epoch: Option<(SystemTime, i64)>,
+    /// The next segment follows a break (a reconnect).
+    discontinuity: bool,
+    next_seq: u64,
+    last_active: Instant,
+    /// An RTMP connection feeds the stream.
+    connected: bool,
+    ended_at: Option<Instant>,
+}
+
+impl StreamState {
+    /// The ladder's renditions and the source.
+    fn tracks_mut(&mut self) -> impl Iterator<Item = &mut Track> {
+        self.renditions
+            .iter_mut()
+            .chain(std::iter::once(&mut self.source))
+    }
+
+    /// The track named `name`.
+    fn track(&self, name: &str) -> Option<&Track> {
+        self.renditions
+            .iter()
+            .chain(std::iter::once(&self.source))
+            .find(|t| t.name == name)
+    }
+}
+
+/// A live stream and its playlists.
+pub(crate) struct LiveStream {
+    id: String,
+    profiles: Vec<Profile>,
+    state: Mutex<StreamState>,
+}
+
+impl LiveStream {
+    fn new(id: &str, profiles: Vec<Profile>, config: &LiveConfig) -> LiveStream {
+        let renditions = profiles
+            .iter()
+            .map(|p| {
+                let mut t = Track::new(&p.name, config, p.bitrate + 128_000);
+                t.resolution = Some((p.width, p.height));
+                t.frame_rate = Some(p.fps_f64());
+                t
+            })
+            .collect();
+        LiveStream {
+            id: id.to_owned(),
+            profiles,
+            state: Mutex::new(StreamState {
+                generation: 0,
+                source: Track::new("source", config, 0),
+                renditions,
+                epoch: None,
+                discontinuity: false,
+                next_seq: 0,
+                last_active: Instant::now(),
+                connected: false,
+                ended_at: None,
+            }),
+        }
+    }
+
+    fn master(&self) -> String {
+        let s = self.state.lock();
+        let mut variants: Vec<Variant> = s.renditions.iter().map(|t| t.variant(&self.id)).collect();
+        if s.source.playlist.listed().next().is_some() {
+            variants.push(s.source.variant(&self.id));
+        }
+        hls::master_playlist(&variants)
+    }
+}
+
+/// The live streams of a gateway.
+pub(crate) struct Streams {
+    config: LiveConfig,
+    map: Mutex<HashMap<String, Arc<LiveStream>>>,
+    segments: prometheus::IntCounterVec,
+    live: prometheus::IntGauge,
+}
+
+impl Streams {
+    pub(crate) fn new(
+        config: LiveConfig,
+        metrics: &prometheus::Registry,
+    ) -> Result<Streams, prometheus::Error> {
+        let segments = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "weir_live_segments_total",
+                "Live segments by outcome (transcoded, untranscoded, dropped)",
+            ),
+            &["outcome"],
+        )?;
+        let live = prometheus::IntGauge::new("weir_live_streams", "Live streams being ingested")?;
+        metrics.register(Box::new(segments.clone()))?;
+        metrics.register(Box::new(live.clone()))?;
+        Ok(Streams {
+            config,
+            map: Mutex::new(HashMap::new()),
+            segments,
+            live,
+        })
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<LiveStream>> {
+        self.map.lock().get(id).cloned()
+    }
+
+    fn active(&self) -> usize {
+        self.map
+            .lock()
+            .values()
+            .filter(|s| s.state.lock().ended_at.is_none())
+            .count()
+    }
+}
+
+/// What an auth webhook may answer (Livepeer's field names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthAnswer {
+    #[serde(default, rename = "manifestID")]
+    manifest_id: Option<String>,
+    #[serde(default)]
+    presets: Vec<String>,
+    #[serde(default)]
+    profiles: Option<serde_json::Value>,
+}
+
+/// A stream id is a path segment in every playlist URL: keep it tame.
+fn valid_stream_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Gateway {
+    fn streams(&self) -> &Streams {
+        &self.inner.streams
+    }
+
+    /// Ask the auth webhook (if any) about stream `key` published at `url`: the stream id and
+    /// ladder to use, or why not.
+    async fn authorize_stream(
+        &self,
+        url: &str,
+        key: &str,
+    ) -> Result<(String, Vec<Profile>), String> {
+        let config = &self.streams().config;
+        let Some(hook) = &config.auth_webhook_url else {
+            if !valid_stream_id(key) {
+                return Err(format!(
+                    "stream key `{key}` is not a valid stream id (1-128 of A-Z a-z 0-9 - _)"
+                ));
+            }
+            return Ok((key.to_owned(), config.profiles.clone()));
+        };
+        let answer = self
+            .inner
+            .client
+            .post(hook)
+            .json(&serde_json::json!({ "url": url }))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("auth webhook unreachable: {e}"))?;
+        if !answer.status().is_success() {
+            return Err(format!(
+                "auth webhook refused the stream ({})",
+                answer.status()
+            ));
+        }
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| format!("auth webhook answer: {e}"))?;
+        let answer: AuthAnswer = if body.iter().all(u8::is_ascii_whitespace) {
+            AuthAnswer::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| format!("auth webhook answer: {e}"))?
+        };
+        let id = answer.manifest_id.unwrap_or_else(|| key.to_owned());
+        if !valid_stream_id(&id) {
+            return Err(format!("auth webhook named an invalid stream id `{id}`"));
+        }
+        let profiles = if let Some(p) = answer.profiles {
+            let text = p.to_string();
+            weir_media::profile::parse_profiles(&text)
+                .map_err(|e| format!("auth webhook profiles: {e}"))?
+        } else if !answer.presets.is_empty() {
+            weir_media::profile::parse_profiles(&answer.presets.join(","))
+                .map_err(|e| format!("auth webhook presets: {e}"))?
+        } else {
+            config.profiles.clone()
+        };
+        Ok((id, profiles))
+    }
+
+    /// The stream `id`, made (or revived) for a new publish: its generation for this publish.
+    fn open_stream(
+        &self,
+        id: &str,
+        profiles: Vec<Profile>,
+        connected: bool,
+    ) -> Result<(Arc<LiveStream>, u64), String> {
+        let streams = self.streams();
+        let existing = streams.get(id);
+        if existing
+            .as_ref()
+            .is_none_or(|s| s.state.lock().ended_at.is_some())
+            && streams.active() >= streams.config.max_sessions
+        {
+            return Err(format!(
+                "no sessions available: {} streams are live (max_sessions)",
+                streams.config.max_sessions
+            ));
+        }
+        let stream = match existing {
+            // Same ladder: continue the playlists (a reconnect, or a pushed stream).
+            Some(s) if s.profiles == profiles => s,
+            _ => {
+                let s = Arc::new(LiveStream::new(id, profiles, &streams.config));
+                streams.map.lock().insert(id.to_owned(), s.clone());
+                s
+            }
+        };
+        let generation = {
+            let mut st = stream.state.lock();
+            if connected || st.ended_at.is_some() {
+                st.generation += 1;
+                st.discontinuity = st.next_seq > 0;
+            }
+            st.connected = connected;
+            if st.ended_at.take().is_some() {
+                for t in st.tracks_mut() {
+                    t.playlist = MediaPlaylist::new(streams.config.window, streams.config.segment);
+                }
+                st.epoch = None;
+                st.next_seq = 0;
+                st.discontinuity = false;
+            }
+            st.last_active = Instant::now();
+            st.generation
+        };
+        streams.live.set(streams.active() as i64);
+        Ok((stream, generation))
+    }
+
+    fn end_stream(&self, stream: &LiveStream, generation: u64) {
+        let mut st = stream.state.lock();
+        if st.generation != generation || st.ended_at.is_some() {
+            return;
+        }
+        st.connected = false;
+        st.ended_at = Some(Instant::now());
+        for t in st.tracks_mut() {
+            t.playlist.end();
+        }
+        drop(st);
+        tracing::info!(stream = %stream.id, "stream ended");
+        self.streams().live.set(self.streams().active() as i64);
+    }
+
+    /// End idle pushed streams and forget long-ended ones, periodically.
+    pub(crate) fn spawn_live_janitor(&self) -> tokio::task::JoinHandle<()> {
+        let g = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let config = &g.streams().config;
+                let all: Vec<Arc<LiveStream>> = g.streams().map.lock().values().cloned().collect();
+                for s in all {
+                    let (idle, generation, ended) = {
+                        let st = s.state.lock();
+                        (
+                            !st.connected && st.last_active.elapsed() >= config.push_idle,
+                            st.generation,
+                            st.ended_at,
+                        )
+                    };
+                    match ended {
+                        None if idle => g.end_stream(&s, generation),
+                        Some(at) if at.elapsed() >= config.keep_ended => {
+                            g.streams().map.lock().retain(|_, v| !Arc::ptr_eq(v, &s));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+    }
+
+    /// Read events from one RTMP publish until it ends, segmenting and transcoding.
+    async fn run_ingest(
+        self,
+        stream: Arc<LiveStream>,
+        generation: u64,
+        mut events: mpsc::Receiver<IngestEvent>,
+    ) {
+        let mut segmenter = Segmenter::new(self.streams().config.segment);
+        let (segments, mut queue) = mpsc::channel::<weir_media::segmenter::Segment>(8);
+        let worker = {
+            let g = self.clone();
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                while let Some(seg) = queue.recv().await {
+                    if stream.state.lock().generation != generation {
+                        break;
+                    }
+                    let duration = Duration::from_millis(seg.duration_ms);
+                    if let Err(e) = g
+                        .publish_segment(&stream, generation, seg.start_ms, duration, seg.data)
+                        .await
+                    {
+                        tracing::warn!(stream = %stream.id, error = %e, "segment listed untranscoded");
+                    }
+                }
+            })
+        };
+        while let Some(event) = events.recv().await {
+            match segmenter.push(event) {
+                Ok(Some(seg)) => {
+                    if segments.send(seg).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %stream.id, error = %e, "bad media from the publisher; packet dropped");
+                    self.streams()
+                        .segments
+                        .with_label_values(&["dropped"])
+                        .inc();
+                }
+            }
+        }
+        match segmenter.finish() {
+            Ok(Some(seg)) => {
+                let _ = segments.send(seg).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(stream = %stream.id, error = %e, "last segment dropped"),
+        }
+        drop(segments);
+        if let Err(e) = worker.await {
+            tracing::error!(stream = %stream.id, error = %e, "segment worker failed");
+        }
+        self.end_stream(&stream, generation);
+    }
+
+    /// Transcode one segment and list it (and its renditions) in the stream's playlists.
+    /// The source is listed even when transcoding fails; the error says why it failed.
+    async fn publish_segment(
+        &self,
+        stream: &LiveStream,
+        generation: u64,
+        start_ms: i64,
+        duration: Duration,
+        data: Bytes,
+    ) -> Result<Vec<Rendition>, AiHttpError> {
+        let seq = {
+            let mut st = stream.state.lock();
+            st.last_active = Instant::now();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            seq
+        };
+        let duration_ms = duration.as_millis().max(1) as u64;
+        let transcoded = self
+            .transcode_remote(&stream.id, seq, &stream.profiles, data.clone(), duration_ms)
+            .await;
+        let mut st = stream.state.lock();
+        if st.generation != generation {
+            return Err(err(409, "the stream was republished; segment dropped"));
+        }
+        let epoch = *st.epoch.get_or_insert((SystemTime::now(), start_ms));
+        let at = epoch.0 + Duration::from_millis(start_ms.saturating_sub(epoch.1).max(0) as u64);
+        let discontinuity = std::mem::take(&mut st.discontinuity);
+        st.source.push(duration, at, discontinuity, data);
+        st.last_active = Instant::now();
+        let outcome = match &transcoded {
+            Ok(_) => "transcoded",
+            Err(_) => "untranscoded",
+        };
+        self.streams().segments.with_label_values(&[outcome]).inc();
+        match transcoded {
+            Ok(renditions) => {
+                for t in &mut st.renditions {
+                    match renditions.iter().find(|r| r.name == t.name) {
+                        Some(r) => {
+                            let d = Duration::from_millis(r.duration_ms.max(1));
+                            t.push(d, at, discontinuity, r.data.clone());
+                        }
+                        None => t.gap = true,
+                    }
+                }
+                Ok(renditions)
+            }
+            Err(e) => {
+                for t in &mut st.renditions {
+                    t.gap = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Transcode one segment on an orchestrator, paying per output pixel.
+    async fn transcode_remote(
+        &self,
+        stream: &str,
+        seq: u64,
+        profiles: &[Profile],
+        data: Bytes,
+        duration_ms: u64,
+    ) -> Result<Vec<Rendition>, AiHttpError> {
+        let units = ladder_pixels(profiles, duration_ms);
+        let request_id = format!("{stream}/{seq}");
+        let job = JobRequest {
+            id: request_id.clone(),
+            capability: CAPABILITY.to_owned(),
+            model: MODEL.to_owned(),
+            params: vec![Param {
+                name: "stream".to_owned(),
+                value: ParamValue::Text(stream.to_owned()),
+            }],
+            output: OutputSize {
+                width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
+                height: profiles.iter().map(|p| p.height).max().unwrap_or(0),
+                frames: profiles
+                    .iter()
+                    .map(|p| {
+                        (duration_ms * u64::from(p.fps))
+                            .div_ceil(1000 * u64::from(p.fps_den.max(1)))
+                    })
+                    .max()
+                    .unwrap_or(0) as u32,
+                count: profiles.len() as u32,
+            },
+            units,
+            sender: self.inner.payments.sender(),
+        };
+        let ladder = serde_json::to_string(profiles).map_err(|e| err(500, e.to_string()))?;
+        let queue = self.choose(CAPABILITY, None, MODEL, job)?.into();
+        let (choice, renditions, charge, tried) = self
+            .with_retries(&request_id, queue, |choice| {
+                let (ladder, data) = (&ladder, &data);
+                async move {
+                    let choice = &choice;
+                    self.attempt_with(choice, CAPABILITY, units, |pending| async move {
+                        self.send_segment(choice, &pending, seq, ladder, data, duration_ms)
+                            .await
+                    })
+                    .await
+                }
+            })
+            .await?;
+        tracing::debug!(stream, seq, orchestrator = %choice.url, units, charge, attempts = tried, "segment transcoded");
+        Ok(renditions)
+    }
+
+    async fn send_segment(
+        &self,
+        choice: &Choice,
+        pending: &crate::payments::Pending,
+        seq: u64,
+        ladder: &str,
+        data: &Bytes,
+        duration_ms: u64,
+    ) -> Attempt<Vec<Rendition>> {
+        let request = self
+            .inner
+            .client
+            .post(format!("{}/transcode", choice.url))
+            .header(header::CONTENT_TYPE, "video/mp2t")
+            .header(PROFILES_HEADER, ladder)
+            .header(DURATION_HEADER, duration_ms)
+            .header(SEGMENT_HEADER, seq)
+            .body(data.clone());
+        let timeout = self.inner.config.attempt_timeout;
+        let rungs = serde_json::from_str::<Vec<serde_json::Value>>(ladder).map_or(0, |v| v.len());
+        self.exchange(
+            choice,
+            CAPABILITY,
+            pending,
+            request,
+            timeout,
+            |answer| async move {
+                let renditions = wire::parse_renditions(&answer.content_type, &answer.body)?;
+                if renditions.len() != rungs {
+                    return Err(format!(
+                        "answered {} renditions for a ladder of {rungs}",
+                        renditions.len()
+                    ));
+                }
+                Ok(renditions)
+            },
+        )
+        .await
+    }
+}
+
+impl PublishHandler for Gateway {
+    fn publish(
+        &self,
+        app: String,
+        key: String,
+        peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Result<mpsc::Sender<IngestEvent>, String>> + Send>> {
+        let g = self.clone();
+        Box::pin(async move {
+            let public = &g.inner.config.public_url;
+            let host = public.split_once("://").map_or(public.as_str(), |(_, h)| h);
+            let url = format!("rtmp://{host}/{app}/{key}");
+            let (id, profiles) = g.authorize_stream(&url, &key).await?;
+            let (stream, generation) = g.open_stream(&id, profiles, true)?;
+            tracing::info!(stream = %id, %peer, generation, "RTMP publish accepted");
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(g.clone().run_ingest(stream, generation, rx));
+            Ok(tx)
+        })
+    }
+}
+
+/// `POST|PUT /live/{stream}/{file}`: one pushed segment.
+pub(crate) async fn push(
+    State(g): State<Gateway>,
+    UrlPath((stream_key, file)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    match push_segment(&g, &stream_key, &file, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn push_segment(
+    g: &Gateway,
+    stream_key: &str,
+    file: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, AiHttpError> {
+    let config = &g.streams().config;
+    let (seq, ext) = file
+        .rsplit_once('.')
+        .ok_or_else(|| err(400, format!("`{file}`: expected {{seq}}.ts or {{seq}}.mp4")))?;
+    if !matches!(ext, "ts" | "mp4") {
+        return Err(err(
+            400,
+            format!("`{file}`: only .ts and .mp4 segments are accepted"),
+        ));
+    }
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| err(400, format!("`{file}`: the segment number is not a number")))?;
+    let body = body.map_err(AiHttpError::from)?;
+    if body.is_empty() {
+        return Err(err(400, "empty segment"));
+    }
+    if body.len() > config.max_push_bytes {
+        return Err(err(
+            413,
+            format!("segment larger than {} bytes", config.max_push_bytes),
+        ));
+    }
+    let declared_ms = match headers.get(DURATION_HEADER) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|ms| (1..=300_000).contains(ms))
+                .ok_or_else(|| err(400, "Content-Duration must be 1..=300000 milliseconds"))?,
+        ),
+        None => None,
+    };
+    let probe_input = body.clone();
+    let info = tokio::task::spawn_blocking(move || weir_media::transcode::probe(&probe_input))
+        .await
+        .map_err(|e| err(500, format!("probe crashed: {e}")))?
+        .map_err(|e| err(422, format!("unreadable segment: {e}")))?;
+    let duration_ms = declared_ms.unwrap_or(info.duration_ms).max(1);
+    // A pushed stream is authorized once, when its first segment arrives.
+    let live = g
+        .streams()
+        .get(stream_key)
+        .filter(|s| s.state.lock().ended_at.is_none());
+    let (stream, generation) = match live {
+        Some(s) => {
+            let generation = s.state.lock().generation;
+            (s, generation)
+        }
+        None => {
+            let url = format!("{}/live/{stream_key}/{file}", g.inner.config.public_url);
+            let (id, profiles) = g
+                .authorize_stream(&url, stream_key)
+                .await
+                .map_err(|e| err(403, e))?;
+            g.open_stream(&id, profiles, false)
+                .map_err(|e| err(503, e))?
+        }
+    };
+    let start_ms = seq.saturating_mul(duration_ms).min(i64::MAX as u64) as i64;
+    let renditions = g
+        .publish_segment(
+            &stream,
+            generation,
+            start_ms,
+            Duration::from_millis(duration_ms),
+            body,
+        )
+        .await
+        .map_err(|e| {
+            if e.status == 503 {
+                err(
+                    503,
+                    format!("No sessions available: {}", crate::server::message_of(&e)),
+                )
+            } else {
+                e
+            }
+        })?;
+    let wants_parts = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("multipart/mixed"));
+    if !wants_parts {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let (content_type, body) = wire::renditions_body(&seq.to_string(), &renditions);
+    let mut response = body.into_response();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    Ok(response)
+}
+
+fn playlist(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+fn not_found(what: impl Into<String>) -> Response {
+    err(404, what).into_response()
+}
+
+/// `GET /stream/{stream}.m3u8`: the master playlist.
+pub(crate) async fn master(State(g): State<Gateway>, UrlPath(file): UrlPath<String>) -> Response {
+    let Some(id) = file.strip_suffix(".m3u8") else {
+        return not_found(format!("no such playlist `{file}`"));
+    };
+    match g.streams().get(id) {
+        Some(s) => playlist(s.master()),
+        None => not_found(format!("no stream `{id}`")),
+    }
+}
+
+/// `GET /stream/{stream}/{rendition}.m3u8`: a media playlist.
+pub(crate) async fn media(
+    State(g): State<Gateway>,
+    UrlPath((id, file)): UrlPath<(String, String)>,
+) -> Response {
+    let Some(name) = file.strip_suffix(".m3u8") else {
+        return not_found(format!("no such playlist `{file}`"));
+    };
+    let Some(s) = g.streams().get(&id) else {
+        return not_found(format!("no stream `{id}`"));
+    };
+    let st = s.state.lock();
+    match st.track(name) {
+        // A playlist with no segment yet is still a playlist: players poll it.
+        Some(t) => playlist(t.playlist.render(&format!("{name}/"))),
+        None => not_found(format!("stream `{id}` has no rendition `{name}`")),
+    }
+}
+
+/// `GET /stream/{stream}/{rendition}/{msn}.ts`: a segment.
+pub(crate) async fn segment(
+    State(g): State<Gateway>,
+    UrlPath((id, name, file)): UrlPath<(String, String, String)>,
+) -> Response {
+    let Some(msn) = file.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok()) else {
+        return not_found(format!("no such segment `{file}`"));
+    };
+    let Some(s) = g.streams().get(&id) else {
+        return not_found(format!("no stream `{id}`"));
+    };
+    let data = {
+        let st = s.state.lock();
+        st.track(&name)
+            .and_then(|t| t.playlist.segment(msn))
+            .map(|seg| seg.data.clone())
+    };
+    match data {
+        Some(d) => ([(header::CONTENT_TYPE, "video/mp2t")], d).into_response(),
+        None => not_found(format!(
+            "segment {msn} of `{id}/{name}` is not (or no longer) held"
+        )),
+    }
+}
+
+/// Refuse a ladder before any stream uses it.
+pub(crate) fn check_ladder(profiles: &[Profile]) -> Result<(), String> {
+    validate_ladder(profiles).map_err(|e| e.to_string())
+}

@@ -1,0 +1,13 @@
+//! Live media for Weir: RTMP ingest ([`rtmp`]), cutting the published stream into MPEG-TS
+//! segments on keyframes ([`segmenter`]), transcoding a segment to an ABR ladder with the FFmpeg
+//! libraries ([`transcode`], profiles in [`profile`]), the HLS playlists the gateway serves
+//! ([`hls`]), and the form a ladder travels in between gateway and orchestrator ([`wire`]).
+
+pub mod gpu;
+pub mod hls;
+pub mod packet;
+pub mod profile;
+pub mod rtmp;
+pub mod segmenter;
+pub mod transcode;
+pub mod wire;

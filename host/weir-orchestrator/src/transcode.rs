@@ -1,0 +1,338 @@
+//! Live transcoding: `POST /transcode` takes one MPEG-TS segment and the ladder it should become,
+//! paid per output pixel, and answers the renditions as `multipart/mixed`.
+//!
+//! Request headers: `Weir-Payment` (a signed credit for account `transcode/h264`),
+//! `Weir-Profiles` (the ladder as JSON), `Content-Duration` (the segment's length in ms, as in
+//! Livepeer's push API). The job is reserved at the pixels the ladder produces for that
+//! duration and charged the pixels actually encoded (never more than reserved).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use weir_media::profile::{validate_ladder, Profile};
+use weir_media::transcode::{Accel, Rendition, TranscodeOptions, Transcoder};
+use weir_media::wire::{
+    ladder_pixels, renditions_body, DURATION_HEADER, PROFILES_HEADER, SEGMENT_HEADER,
+};
+use weir_models::capacity::Capacity;
+use weir_payments::credit;
+use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
+use weir_protocol::AiHttpError;
+
+use crate::server::{agreed_charge, err, payment, Orchestrator};
+
+pub use weir_media::wire::{CAPABILITY, MODEL};
+
+/// `[orchestrator.transcode]`: the FFmpeg transcoder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscodeConfig {
+    /// Whether transcoding is offered (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Segments transcoded at once (Livepeer's `maxSessions`; default 2).
+    #[serde(default = "two")]
+    pub capacity: u32,
+    /// Threads per transcode (default 0: FFmpeg's choice).
+    #[serde(default)]
+    pub threads: usize,
+    /// x264 preset (default `veryfast`).
+    #[serde(default = "veryfast")]
+    pub preset: String,
+    /// `cpu`, `cuda` or `auto` (default: GPU decode where CUDA is present).
+    #[serde(default)]
+    pub accel: AccelSetting,
+    /// Deadline of one segment, seconds (default 30).
+    #[serde(default = "thirty")]
+    pub timeout_secs: u64,
+    /// Longest segment accepted, seconds (default 30).
+    #[serde(default = "thirty")]
+    pub max_segment_secs: u64,
+}
+
+/// Hardware acceleration setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelSetting {
+    /// Software decode and scale.
+    Cpu,
+    /// NVIDIA decode; refused at start when no CUDA driver is present.
+    Cuda,
+    /// NVIDIA decode where present, software otherwise.
+    #[default]
+    Auto,
+}
+
+fn yes() -> bool {
+    true
+}
+fn two() -> u32 {
+    2
+}
+fn thirty() -> u64 {
+    30
+}
+fn veryfast() -> String {
+    "veryfast".to_owned()
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        TranscodeConfig {
+            enabled: true,
+            capacity: two(),
+            threads: 0,
+            preset: veryfast(),
+            accel: AccelSetting::Auto,
+            timeout_secs: thirty(),
+            max_segment_secs: thirty(),
+        }
+    }
+}
+
+/// The transcoder with its capacity.
+pub(crate) struct TranscodeSlot {
+    pub transcoder: Arc<Transcoder>,
+    pub capacity: Arc<Capacity>,
+    pub timeout: Duration,
+    pub max_segment_ms: u64,
+    pub kind: &'static str,
+}
+
+impl TranscodeSlot {
+    /// The transcoder `config` asks for, or why it cannot be had.
+    pub fn build(config: &TranscodeConfig) -> Result<Option<TranscodeSlot>, String> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        if config.capacity == 0 {
+            return Err("[orchestrator.transcode] capacity must be at least 1".to_owned());
+        }
+        let gpu = weir_media::transcode::gpu_available();
+        let accel = match config.accel {
+            AccelSetting::Cpu => Accel::Cpu,
+            AccelSetting::Cuda if !gpu => {
+                return Err(
+                    "[orchestrator.transcode] accel = \"cuda\" but no CUDA driver was found"
+                        .to_owned(),
+                )
+            }
+            AccelSetting::Cuda => Accel::Cuda,
+            AccelSetting::Auto => Accel::Auto,
+        };
+        let transcoder = Transcoder::new(TranscodeOptions {
+            threads: config.threads,
+            preset: config.preset.clone(),
+            accel,
+        })
+        .map_err(|e| format!("[orchestrator.transcode]: {e}"))?;
+        let kind = if gpu && accel != Accel::Cpu {
+            "ffmpeg-cuda"
+        } else {
+            "ffmpeg"
+        };
+        tracing::info!(
+            kind,
+            preset = %config.preset,
+            capacity = config.capacity,
+            "transcoding offered"
+        );
+        Ok(Some(TranscodeSlot {
+            transcoder: Arc::new(transcoder),
+            capacity: Capacity::new(config.capacity),
+            timeout: Duration::from_secs(config.timeout_secs.max(1)),
+            max_segment_ms: config.max_segment_secs.max(1) * 1000,
+            kind,
+        }))
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The ladder and duration a request names, validated.
+fn job_terms(headers: &HeaderMap, max_ms: u64) -> Result<(Vec<Profile>, u64), AiHttpError> {
+    let profiles: Vec<Profile> = match header_str(headers, PROFILES_HEADER) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| err(400, format!("{PROFILES_HEADER}: not a ladder: {e}")))?,
+        None => weir_media::profile::default_ladder(),
+    };
+    validate_ladder(&profiles).map_err(|e| err(422, format!("{PROFILES_HEADER}: {e}")))?;
+    let duration_ms = header_str(headers, DURATION_HEADER)
+        .ok_or_else(|| {
+            err(
+                400,
+                format!("the {DURATION_HEADER} header (milliseconds) is required"),
+            )
+        })?
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| {
+            err(
+                400,
+                format!("{DURATION_HEADER} must be a whole number of milliseconds"),
+            )
+        })?;
+    if duration_ms == 0 || duration_ms > max_ms {
+        return Err(err(
+            422,
+            format!("{DURATION_HEADER} {duration_ms} ms is outside 1..={max_ms} ms"),
+        ));
+    }
+    Ok((profiles, duration_ms))
+}
+
+impl Orchestrator {
+    async fn transcode_segment(
+        &self,
+        slot: &TranscodeSlot,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<(Vec<Rendition>, u64, u64), AiHttpError> {
+        let (profiles, duration_ms) = job_terms(headers, slot.max_segment_ms)?;
+        if body.is_empty() {
+            return Err(err(400, "empty segment"));
+        }
+        let payment = payment(headers, self.max_payment_skew())?;
+        let account = credit::account(CAPABILITY, MODEL);
+        if payment.account != account {
+            return Err(err(
+                402,
+                format!(
+                    "the payment is for account `{}` but this job is `{account}`",
+                    payment.account
+                ),
+            ));
+        }
+        let units = ladder_pixels(&profiles, duration_ms);
+        let output = weir_runtime::OutputSize {
+            width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
+            height: profiles.iter().map(|p| p.height).max().unwrap_or(0),
+            frames: 0,
+            count: profiles.len() as u32,
+        };
+        let price = self
+            .quote_for(
+                CAPABILITY,
+                MODEL,
+                &slot.capacity,
+                &payment.sender,
+                output,
+                units,
+            )
+            .map_err(|e| self.pricing_error(e))?;
+        let reserved = agreed_charge(&account, &price, &payment, units)?;
+        let permit = slot.capacity.try_acquire().map_err(|full| {
+            err(
+                503,
+                format!(
+                    "insufficient capacity: transcoding runs {} of {} segments",
+                    full.in_flight, full.limit
+                ),
+            )
+        })?;
+        let job_id = format!("seg-{:032x}", rand::random::<u128>());
+        let held = self
+            .reserve(&payment, &job_id, &account, MODEL, units, reserved)
+            .await?;
+
+        let started = Instant::now();
+        let transcoder = slot.transcoder.clone();
+        let ladder = profiles.clone();
+        let work = tokio::task::spawn_blocking(move || transcoder.transcode(&body, &ladder));
+        let outcome = match tokio::time::timeout(slot.timeout, work).await {
+            Ok(Ok(Ok(renditions))) => Ok(renditions),
+            Ok(Ok(Err(e))) => Err(err(422, format!("transcoding failed: {e}"))),
+            Ok(Err(join)) => Err(err(500, format!("transcoder crashed: {join}"))),
+            Err(_) => Err(err(
+                504,
+                format!("transcoding took longer than {:?}", slot.timeout),
+            )),
+        };
+        drop(permit);
+        let renditions = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "segment not transcoded; reservation released");
+                if let Err(le) = held.release().await {
+                    tracing::error!(job = %job_id, error = %le, "could not release a reservation");
+                }
+                return Err(e);
+            }
+        };
+        let pixels = weir_media::transcode::pixels(&renditions);
+        let charge = weir_payments::cost(
+            pixels,
+            weir_payments::UnitPrice {
+                price_per_unit: price.price_per_unit,
+                pixels_per_unit: price.pixels_per_unit,
+            },
+        )
+        .unwrap_or(reserved)
+        .min(reserved);
+        let balance = held
+            .settle(charge)
+            .await
+            .map_err(|e| err(500, format!("ledger: {e}")))?;
+        tracing::debug!(job = %job_id, duration_ms, pixels, charge, ms = started.elapsed().as_millis() as u64, "segment transcoded");
+        Ok((renditions, balance, charge))
+    }
+}
+
+/// `POST /transcode`.
+pub(crate) async fn handle(
+    State(o): State<Orchestrator>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return AiHttpError::from(e).into_response(),
+    };
+    let Some(slot) = o.transcode_slot() else {
+        return err(404, "this orchestrator does not offer transcoding").into_response();
+    };
+    let seq = header_str(&headers, SEGMENT_HEADER)
+        .filter(|s| s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+        .unwrap_or("0")
+        .to_owned();
+    match o.transcode_segment(slot, &headers, body).await {
+        Ok((renditions, balance, charge)) => {
+            let (content_type, body) = renditions_body(&seq, &renditions);
+            let mut response = body.into_response();
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            h.insert(BALANCE_HEADER, HeaderValue::from(balance));
+            h.insert(CHARGE_HEADER, HeaderValue::from(charge));
+            response
+        }
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(error = %e, "segment refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_section_has_defaults_and_refuses_typos() {
+        let c: TranscodeConfig = toml::from_str("").expect("defaults");
+        assert_eq!(c, TranscodeConfig::default());
+        assert!(toml::from_str::<TranscodeConfig>("capacty = 3").is_err());
+        let c: TranscodeConfig = toml::from_str("accel = \"cpu\"\ncapacity = 4").expect("valid");
+        assert_eq!(c.accel, AccelSetting::Cpu);
+    }
+}
