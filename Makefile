@@ -22,7 +22,7 @@ UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 ORT_ENV = ORT_DYLIB_PATH="$$(ls $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* | head -n 1)"
 
 GUESTS        := default-router default-pricing
-TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline
+TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline ladder-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::ai::{gateway, wait_discovered, TestServer, CLIENT_TOKEN};
 use crate::support::*;
+use weir_runtime::StreamInfo;
 
 fn orchestrator() -> Weir {
     Weir::start(
@@ -223,6 +224,49 @@ fn an_rtmp_publish_from_ffmpeg_becomes_an_abr_ladder_in_hls() {
         .arg("-i")
         .arg(format!("{}/stream/ladder.m3u8", gw.url))
         .args(["-map", "0:v:0", "-frames:v", "60", "-f", "null", "-"]));
+
+    // The same ladder as low-latency HLS: fMP4 parts that decode as one track.
+    let (status, ll_master) = get_text(&format!("{}/stream/ladder/ll.m3u8", gw.url));
+    assert_eq!(status, 200);
+    assert!(ll_master.contains("P360p30fps16x9/ll.m3u8"), "{ll_master}");
+    let (status, ll) = get_text(&format!("{}/stream/ladder/P360p30fps16x9/ll.m3u8", gw.url));
+    assert_eq!(status, 200);
+    for tag in [
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=",
+        "#EXT-X-PART-INF:PART-TARGET=",
+        "#EXT-X-MAP:URI=\"init.mp4\"",
+        "#EXT-X-PART:DURATION=",
+        "INDEPENDENT=YES",
+        "#EXT-X-ENDLIST",
+    ] {
+        assert!(ll.contains(tag), "no {tag} in\n{ll}");
+    }
+    let fetch = |uri: &str| {
+        let r = client()
+            .get(format!("{}/stream/ladder/P360p30fps16x9/{uri}", gw.url))
+            .send()
+            .expect("GET");
+        assert_eq!(r.status(), 200, "{uri}");
+        r.bytes().expect("bytes").to_vec()
+    };
+    let mut track = fetch("init.mp4");
+    for uri in ll
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.ends_with(".m4s"))
+    {
+        track.extend(fetch(uri));
+    }
+    let mp4 = dir.path().join("ll.mp4");
+    std::fs::write(&mp4, &track).expect("write");
+    let probe = probe_frames(&mp4);
+    assert_eq!(probe["streams"][0]["width"].as_u64(), Some(640));
+    let frames = probe["frames"].as_array().expect("frames");
+    assert_eq!(frames[0]["key_frame"], 1);
+    assert!(
+        frames.len() >= 240,
+        "{} frames in the fMP4 track",
+        frames.len()
+    );
 
     // Both ledgers agree on what the segments cost.
     let paid: u64 = gw.ledger()["gateway"]
@@ -463,6 +507,19 @@ fn a_stream_survives_an_orchestrator_dying_mid_stream() {
         (s == 200 && !parse_media(&text).segments.is_empty()).then_some(())
     });
     assert!(first.is_some(), "no segment was ever listed");
+    // A blocking reload for the next segment's first part returns once it exists; one far
+    // ahead is refused.
+    let ll_url = format!("{}/stream/failover/source/ll.m3u8", gw.url);
+    let (_, ll) = get_text(&ll_url);
+    let next = ll
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .count() as u64;
+    let (status, held) = get_text(&format!("{ll_url}?_HLS_msn={next}&_HLS_part=0"));
+    assert_eq!(status, 200, "{held}");
+    assert!(held.contains(&format!("URI=\"{next}.0.m4s\"")), "{held}");
+    let (status, _) = get_text(&format!("{ll_url}?_HLS_msn={}&_HLS_part=0", next + 10));
+    assert_eq!(status, 400);
     // The orchestrator that transcoded it dies.
     let served = gw.ledger()["gateway"][0]["party"]
         .as_str()
@@ -496,4 +553,128 @@ fn a_stream_survives_an_orchestrator_dying_mid_stream() {
         survivor.ledger()["orchestrator"][0]["jobs"].as_u64() > Some(0),
         "the other orchestrator never took over"
     );
+}
+
+#[test]
+fn a_pipeline_component_reuses_the_host_transcoder() {
+    let (registry, dir, _m) = registry();
+    place(
+        dir.path(),
+        "ladder",
+        &artifact("test-programs/ladder-pipeline.wasm"),
+        &manifest("ladder", "pipeline", "[limits]\ntimeout_ms = 60000"),
+    );
+    let ladder = registry.load("ladder").expect("loads");
+    let clips = tempfile::tempdir().expect("tempdir");
+    let clip = make_clip(clips.path(), "in.ts", &["-c:v", "libx264", "-g", "30"]);
+    let segment = || weir_runtime::media::Segment {
+        seq: 4,
+        duration_ms: 2000,
+        content_type: "video/mp2t".into(),
+        data: std::fs::read(&clip).expect("clip").into(),
+    };
+    let info = StreamInfo {
+        id: "s".into(),
+        capability: "transcode".into(),
+        params: vec![],
+    };
+
+    // Without a transcoder on the node, the component is told so.
+    let mut stream = ladder.start_stream(info.clone()).expect("start");
+    let refused = stream.on_segment(segment()).expect_err("no transcoder yet");
+    assert!(refused.to_string().contains("no transcoder"), "{refused}");
+    stream.stop().expect("stop");
+
+    let transcoder = weir_media::transcode::Transcoder::new(Default::default()).expect("x264");
+    assert!(registry.runtime().provide_media(std::sync::Arc::new(
+        weir_orchestrator::GuestMedia::new(std::sync::Arc::new(transcoder))
+    )));
+    let mut stream = ladder.start_stream(info).expect("start");
+    let out = stream.on_segment(segment()).expect("ladder");
+    assert_eq!(out.len(), 2);
+    for (rendition, (w, h)) in out.iter().zip([(426, 240), (640, 360)]) {
+        assert_eq!(rendition.seq, 4);
+        let path = clips.path().join(format!("{w}.ts"));
+        std::fs::write(&path, &*rendition.data).expect("write");
+        let probe = probe_frames(&path);
+        assert_eq!(probe["streams"][0]["width"].as_u64(), Some(w));
+        assert_eq!(probe["streams"][0]["height"].as_u64(), Some(h));
+        assert_eq!(probe["frames"][0]["key_frame"], 1);
+    }
+    // Garbage in: the component gets the host's error, the host keeps going.
+    let bad = stream.on_segment(weir_runtime::media::Segment {
+        data: vec![0x47u8; 188 * 4].into(),
+        ..segment()
+    });
+    assert!(bad.is_err());
+    stream.stop().expect("stop");
+}
+
+fn publish(rtmp: &str, key: &str, seconds: u32) {
+    run(Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+        ])
+        .args([
+            "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv",
+        ])
+        .arg(format!("{rtmp}/live/{key}")));
+}
+
+#[test]
+fn a_publisher_that_reconnects_continues_its_stream_and_sessions_are_limited() {
+    let o = orchestrator();
+    let gw = gateway(&[&o.url], "max_sessions = 1\nmax_push_mib = 1");
+    wait_discovered(&gw, 1);
+    let rtmp = rtmp_url(&gw);
+    let ladder = ["P240p30fps16x9", "P360p30fps16x9"];
+
+    publish(&rtmp, "again", 5);
+    wait_ended(&gw, "again", &ladder);
+    let (_, text) = get_text(&format!("{}/stream/again/source.m3u8", gw.url));
+    let before = parse_media(&text).segments.len();
+    assert!(before >= 2, "{text}");
+
+    // The same key again: the playlists go on after a discontinuity.
+    publish(&rtmp, "again", 5);
+    let resumed = eventually(Duration::from_secs(120), || {
+        let (_, text) = get_text(&format!("{}/stream/again/P240p30fps16x9.m3u8", gw.url));
+        let m = parse_media(&text);
+        (m.ended && m.segments.len() > before).then_some(m)
+    })
+    .expect("the second publish was never listed");
+    assert_eq!(resumed.discontinuities, 1);
+    assert_eq!(resumed.first_msn, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    check_rendition(&gw, "again", "P240p30fps16x9", (426, 240), dir.path());
+    let (_, ll) = get_text(&format!("{}/stream/again/P240p30fps16x9/ll.m3u8", gw.url));
+    assert!(ll.contains("#EXT-X-DISCONTINUITY"), "{ll}");
+
+    // Nothing is left running once the publisher is gone.
+    let live = eventually(Duration::from_secs(10), || {
+        (metric(&gw.metrics(), "weir_live_streams") == Some(0.0)).then_some(())
+    });
+    assert!(live.is_some(), "{}", gw.metrics());
+
+    // One session at a time: a second stream is refused while a pushed one is live.
+    let clip = make_clip(dir.path(), "clip.ts", &["-c:v", "libx264", "-g", "30"]);
+    let (status, _, _) = curl_push(&gw, "/live/first/0.ts", &clip, false);
+    assert_eq!(status, 200);
+    let (status, body, _) = curl_push(&gw, "/live/second/0.ts", &clip, false);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no sessions available"));
+
+    // A push over the size limit.
+    let huge = dir.path().join("huge.ts");
+    std::fs::write(&huge, vec![0x47u8; 2 << 20]).expect("write");
+    let (status, _, _) = curl_push(&gw, "/live/first/1.ts", &huge, false);
+    assert_eq!(status, 413);
 }

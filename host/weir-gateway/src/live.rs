@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use weir_media::hls::{self, MediaPlaylist, Variant};
+use weir_media::llhls::{ts_to_fmp4, Fmp4Segment, LlPlaylist};
 use weir_media::packet::IngestEvent;
 use weir_media::profile::{validate_ladder, Profile};
 use weir_media::rtmp::PublishHandler;
@@ -59,6 +60,8 @@ pub struct LiveConfig {
     pub max_push_bytes: usize,
     /// How long an ended stream's playlists stay served.
     pub keep_ended: Duration,
+    /// Target length of a low-latency HLS part.
+    pub part: Duration,
 }
 
 impl Default for LiveConfig {
@@ -72,6 +75,7 @@ impl Default for LiveConfig {
             push_idle: Duration::from_secs(60),
             max_push_bytes: 64 << 20,
             keep_ended: Duration::from_secs(120),
+            part: Duration::from_millis(500),
         }
     }
 }
@@ -80,12 +84,16 @@ impl Default for LiveConfig {
 struct Track {
     name: String,
     playlist: MediaPlaylist,
+    /// The same segments as fMP4 with parts, for low-latency HLS.
+    ll: LlPlaylist,
     codecs: Option<String>,
     resolution: Option<(u32, u32)>,
     frame_rate: Option<f64>,
     nominal_bps: u64,
     /// A segment was skipped: mark the next one.
     gap: bool,
+    /// A segment could not be packaged as fMP4: mark the next low-latency one.
+    ll_gap: bool,
 }
 
 impl Track {
@@ -93,20 +101,47 @@ impl Track {
         Track {
             name: name.to_owned(),
             playlist: MediaPlaylist::new(config.window, config.segment),
+            ll: LlPlaylist::new(config.window, config.segment, config.part),
             codecs: None,
             resolution: None,
             frame_rate: None,
             nominal_bps,
             gap: false,
+            ll_gap: false,
         }
     }
 
-    fn push(&mut self, duration: Duration, at: SystemTime, discontinuity: bool, data: Bytes) {
+    fn push(
+        &mut self,
+        duration: Duration,
+        at: SystemTime,
+        discontinuity: bool,
+        data: Bytes,
+        fmp4: Option<Fmp4Segment>,
+    ) {
         if self.codecs.is_none() {
             self.codecs = hls::avc_codec(&data).map(|v| format!("{v},mp4a.40.2"));
         }
         let gap = std::mem::take(&mut self.gap);
         self.playlist.push(duration, at, discontinuity || gap, data);
+        let ll_gap = std::mem::take(&mut self.ll_gap);
+        match fmp4 {
+            Some(seg) => {
+                self.ll
+                    .push_segment(seg, at, discontinuity || gap || ll_gap);
+            }
+            None => self.ll_gap = true,
+        }
+    }
+
+    fn end(&mut self) {
+        self.playlist.end();
+        self.ll.end();
+    }
+
+    fn resume(&mut self) {
+        self.playlist.resume();
+        self.ll.resume();
     }
 
     fn variant(&self, stream: &str) -> Variant {
@@ -195,12 +230,24 @@ impl LiveStream {
         }
     }
 
-    fn master(&self) -> String {
+    /// The master playlist: plain HLS (`{stream}/{rendition}.m3u8`), or low-latency HLS
+    /// (`{rendition}/ll.m3u8`, relative to `/stream/{stream}/ll.m3u8`).
+    fn master(&self, low_latency: bool) -> String {
         let s = self.state.lock();
-        let mut variants: Vec<Variant> = s.renditions.iter().map(|t| t.variant(&self.id)).collect();
+        let mut tracks: Vec<&Track> = s.renditions.iter().collect();
         if s.source.playlist.listed().next().is_some() {
-            variants.push(s.source.variant(&self.id));
+            tracks.push(&s.source);
         }
+        let variants: Vec<Variant> = tracks
+            .iter()
+            .map(|t| {
+                let mut v = t.variant(&self.id);
+                if low_latency {
+                    v.uri = format!("{}/ll.m3u8", t.name);
+                }
+                v
+            })
+            .collect();
         hls::master_playlist(&variants)
     }
 }
@@ -362,19 +409,20 @@ impl Gateway {
         };
         let generation = {
             let mut st = stream.state.lock();
-            if connected || st.ended_at.is_some() {
+            let revived = st.ended_at.take().is_some();
+            if connected || revived {
+                // A new publisher: its clock starts again, so the next segment is a
+                // discontinuity with a fresh wall-clock anchor; the playlists go on.
                 st.generation += 1;
                 st.discontinuity = st.next_seq > 0;
+                st.epoch = None;
+            }
+            if revived {
+                for t in st.tracks_mut() {
+                    t.resume();
+                }
             }
             st.connected = connected;
-            if st.ended_at.take().is_some() {
-                for t in st.tracks_mut() {
-                    t.playlist = MediaPlaylist::new(streams.config.window, streams.config.segment);
-                }
-                st.epoch = None;
-                st.next_seq = 0;
-                st.discontinuity = false;
-            }
             st.last_active = Instant::now();
             st.generation
         };
@@ -390,7 +438,7 @@ impl Gateway {
         st.connected = false;
         st.ended_at = Some(Instant::now());
         for t in st.tracks_mut() {
-            t.playlist.end();
+            t.end();
         }
         drop(st);
         tracing::info!(stream = %stream.id, "stream ended");
@@ -495,25 +543,43 @@ impl Gateway {
         duration: Duration,
         data: Bytes,
     ) -> Result<Vec<Rendition>, AiHttpError> {
-        let seq = {
+        // The source is listed at once; its renditions follow when transcoded.
+        let source_fmp4 = self.package(vec![data.clone()]).await.pop().flatten();
+        let (seq, at, discontinuity) = {
             let mut st = stream.state.lock();
+            if st.generation != generation {
+                return Err(err(409, "the stream was republished; segment dropped"));
+            }
             st.last_active = Instant::now();
             let seq = st.next_seq;
             st.next_seq += 1;
-            seq
+            // The first segment ends now: its first frame was captured `duration` ago.
+            let epoch = *st.epoch.get_or_insert_with(|| {
+                let now = SystemTime::now();
+                (now.checked_sub(duration).unwrap_or(now), start_ms)
+            });
+            let offset = start_ms.saturating_sub(epoch.1).max(0) as u64;
+            let at = epoch.0 + Duration::from_millis(offset);
+            let discontinuity = std::mem::take(&mut st.discontinuity);
+            st.source
+                .push(duration, at, discontinuity, data.clone(), source_fmp4);
+            (seq, at, discontinuity)
         };
         let duration_ms = duration.as_millis().max(1) as u64;
         let transcoded = self
-            .transcode_remote(&stream.id, seq, &stream.profiles, data.clone(), duration_ms)
+            .transcode_remote(&stream.id, seq, &stream.profiles, data, duration_ms)
             .await;
+        let packaged = match &transcoded {
+            Ok(renditions) => {
+                self.package(renditions.iter().map(|r| r.data.clone()).collect())
+                    .await
+            }
+            Err(_) => Vec::new(),
+        };
         let mut st = stream.state.lock();
         if st.generation != generation {
-            return Err(err(409, "the stream was republished; segment dropped"));
+            return Err(err(409, "the stream was republished; renditions dropped"));
         }
-        let epoch = *st.epoch.get_or_insert((SystemTime::now(), start_ms));
-        let at = epoch.0 + Duration::from_millis(start_ms.saturating_sub(epoch.1).max(0) as u64);
-        let discontinuity = std::mem::take(&mut st.discontinuity);
-        st.source.push(duration, at, discontinuity, data);
         st.last_active = Instant::now();
         let outcome = match &transcoded {
             Ok(_) => "transcoded",
@@ -522,11 +588,14 @@ impl Gateway {
         self.streams().segments.with_label_values(&[outcome]).inc();
         match transcoded {
             Ok(renditions) => {
+                let mut packaged: Vec<Option<Fmp4Segment>> = packaged;
                 for t in &mut st.renditions {
-                    match renditions.iter().find(|r| r.name == t.name) {
-                        Some(r) => {
+                    match renditions.iter().position(|r| r.name == t.name) {
+                        Some(i) => {
+                            let r = &renditions[i];
                             let d = Duration::from_millis(r.duration_ms.max(1));
-                            t.push(d, at, discontinuity, r.data.clone());
+                            let fmp4 = packaged.get_mut(i).and_then(Option::take);
+                            t.push(d, at, discontinuity, r.data.clone(), fmp4);
                         }
                         None => t.gap = true,
                     }
@@ -538,6 +607,32 @@ impl Gateway {
                     t.gap = true;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// MPEG-TS segments as fMP4 with low-latency parts; `None` for one that cannot be
+    /// packaged (logged; its low-latency playlist then marks a gap).
+    async fn package(&self, segments: Vec<Bytes>) -> Vec<Option<Fmp4Segment>> {
+        let part = self.streams().config.part;
+        let n = segments.len();
+        let work = tokio::task::spawn_blocking(move || {
+            segments
+                .iter()
+                .map(|ts| match ts_to_fmp4(ts, part) {
+                    Ok(seg) => Some(seg),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "segment not packaged for low-latency HLS");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        match work.await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "fMP4 packaging crashed");
+                (0..n).map(|_| None).collect()
             }
         }
     }
@@ -794,7 +889,7 @@ pub(crate) async fn master(State(g): State<Gateway>, UrlPath(file): UrlPath<Stri
         return not_found(format!("no such playlist `{file}`"));
     };
     match g.streams().get(id) {
-        Some(s) => playlist(s.master()),
+        Some(s) => playlist(s.master(false)),
         None => not_found(format!("no stream `{id}`")),
     }
 }
@@ -810,6 +905,9 @@ pub(crate) async fn media(
     let Some(s) = g.streams().get(&id) else {
         return not_found(format!("no stream `{id}`"));
     };
+    if name == "ll" {
+        return playlist(s.master(true));
+    }
     let st = s.state.lock();
     match st.track(name) {
         // A playlist with no segment yet is still a playlist: players poll it.
@@ -818,28 +916,96 @@ pub(crate) async fn media(
     }
 }
 
-/// `GET /stream/{stream}/{rendition}/{msn}.ts`: a segment.
+/// The `_HLS_msn` / `_HLS_part` of a blocking playlist reload.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Reload {
+    #[serde(rename = "_HLS_msn")]
+    msn: Option<u64>,
+    #[serde(rename = "_HLS_part")]
+    part: Option<usize>,
+}
+
+/// `GET /stream/{stream}/{rendition}/{file}`: a segment (`{msn}.ts`), or the rendition's
+/// low-latency HLS: `ll.m3u8` (blocking reload with `_HLS_msn`/`_HLS_part`), `init.mp4`,
+/// parts `{msn}.{part}.m4s` and whole segments `{msn}.m4s`.
 pub(crate) async fn segment(
     State(g): State<Gateway>,
     UrlPath((id, name, file)): UrlPath<(String, String, String)>,
+    Query(reload): Query<Reload>,
 ) -> Response {
-    let Some(msn) = file.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok()) else {
-        return not_found(format!("no such segment `{file}`"));
-    };
     let Some(s) = g.streams().get(&id) else {
         return not_found(format!("no stream `{id}`"));
     };
-    let data = {
+    if file == "ll.m3u8" {
+        return ll_playlist(&s, &name, reload).await;
+    }
+    let found = {
         let st = s.state.lock();
-        st.track(&name)
-            .and_then(|t| t.playlist.segment(msn))
-            .map(|seg| seg.data.clone())
+        st.track(&name).and_then(|t| media_file(t, &file))
     };
-    match data {
-        Some(d) => ([(header::CONTENT_TYPE, "video/mp2t")], d).into_response(),
-        None => not_found(format!(
-            "segment {msn} of `{id}/{name}` is not (or no longer) held"
-        )),
+    match found {
+        Some((content_type, data)) => {
+            ([(header::CONTENT_TYPE, content_type)], data).into_response()
+        }
+        None => not_found(format!("`{id}/{name}/{file}` is not (or no longer) held")),
+    }
+}
+
+/// A file of a track by name, with its content type.
+fn media_file(t: &Track, file: &str) -> Option<(&'static str, Bytes)> {
+    if let Some(msn) = file.strip_suffix(".ts").and_then(|n| n.parse::<u64>().ok()) {
+        return t
+            .playlist
+            .segment(msn)
+            .map(|seg| ("video/mp2t", seg.data.clone()));
+    }
+    if file.ends_with(".mp4") {
+        return t.ll.init_by_uri(file).map(|d| ("video/mp4", d));
+    }
+    let stem = file.strip_suffix(".m4s")?;
+    let data = match stem.split_once('.') {
+        Some((msn, part)) => t.ll.part(msn.parse().ok()?, part.parse().ok()?),
+        None => t.ll.segment(stem.parse().ok()?),
+    };
+    data.map(|d| ("video/mp4", d))
+}
+
+/// A low-latency media playlist; with `_HLS_msn` (and `_HLS_part`) held until that part exists
+/// (at most three target durations).
+async fn ll_playlist(s: &LiveStream, name: &str, reload: Reload) -> Response {
+    let (mut waiter, last, target) = {
+        let st = s.state.lock();
+        let Some(t) = st.track(name) else {
+            return not_found(format!("stream `{}` has no rendition `{name}`", s.id));
+        };
+        (t.ll.subscribe(), t.ll.last(), t.ll.target_duration())
+    };
+    if let Some(msn) = reload.msn {
+        let part = reload.part.unwrap_or(0);
+        // The spec's limit: no more than two segments ahead of the last one.
+        let newest = last.map_or(0, |(m, _)| m);
+        if msn > newest + 2 {
+            return err(
+                400,
+                format!(
+                    "_HLS_msn {msn} is more than two segments ahead of the playlist ({newest})"
+                ),
+            )
+            .into_response();
+        }
+        let wait = Duration::from_secs(3 * target.max(1));
+        if !waiter.wait_for(msn, part, wait).await && !waiter.progress().ended {
+            return err(
+                503,
+                format!("part {msn}.{part} did not appear within {wait:?}"),
+            )
+            .into_response();
+        }
+    }
+    let st = s.state.lock();
+    match st.track(name) {
+        Some(t) => playlist(t.ll.render()),
+        None => not_found(format!("stream `{}` has no rendition `{name}`", s.id)),
     }
 }
 

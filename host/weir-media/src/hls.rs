@@ -101,6 +101,12 @@ impl MediaPlaylist {
         self.ended = true;
     }
 
+    /// The stream goes on after an end (its publisher came back): `EXT-X-ENDLIST` is dropped;
+    /// push the next segment as a discontinuity.
+    pub fn resume(&mut self) {
+        self.ended = false;
+    }
+
     /// Whether the stream has ended.
     pub fn is_ended(&self) -> bool {
         self.ended
@@ -288,6 +294,11 @@ mod tests {
         assert!(text.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"), "{text}");
         p.end();
         assert!(p.render("").ends_with("#EXT-X-ENDLIST\n"));
+        p.resume();
+        p.push(Duration::from_secs(2), at(8), true, Bytes::new());
+        let text = p.render("");
+        assert!(!text.contains("#EXT-X-ENDLIST"), "{text}");
+        assert!(text.ends_with("#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:08.000Z\n#EXTINF:2.000,\n4.ts\n"), "{text}");
     }
 
     #[test]

@@ -19,4 +19,4 @@ pub mod transcode;
 
 pub use config::{ModelEntry, OrchestratorConfig, RunnerSpec};
 pub use server::{Orchestrator, OrchestratorError};
-pub use transcode::TranscodeConfig;
+pub use transcode::{GuestMedia, TranscodeConfig};

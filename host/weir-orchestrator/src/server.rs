@@ -250,6 +250,14 @@ impl Orchestrator {
         self.inner.transcode.as_ref()
     }
 
+    /// The transcoder as components see it (`transcode.ladder`), when transcoding is on.
+    pub fn guest_media(&self) -> Option<Arc<dyn weir_runtime::MediaSource>> {
+        self.inner.transcode.as_ref().map(|t| {
+            Arc::new(live::GuestMedia::new(t.transcoder.clone()))
+                as Arc<dyn weir_runtime::MediaSource>
+        })
+    }
+
     pub(crate) fn max_payment_skew(&self) -> std::time::Duration {
         self.inner.config.max_payment_skew
     }

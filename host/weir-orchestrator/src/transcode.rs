@@ -323,6 +323,91 @@ pub(crate) async fn handle(
     }
 }
 
+/// The transcoder as components see it: `segment.probe` and `transcode.ladder` of the WIT
+/// `media`/`transcode` interfaces, so pipeline components reuse the host's FFmpeg ladder.
+pub struct GuestMedia {
+    transcoder: Arc<Transcoder>,
+}
+
+impl GuestMedia {
+    /// Components' media work done by `transcoder`.
+    pub fn new(transcoder: Arc<Transcoder>) -> GuestMedia {
+        GuestMedia { transcoder }
+    }
+}
+
+fn guest_error(e: impl std::fmt::Display) -> weir_runtime::GuestError {
+    weir_runtime::GuestError::InvalidRequest(e.to_string())
+}
+
+impl weir_runtime::MediaSource for GuestMedia {
+    fn probe(
+        &self,
+        segment: &weir_runtime::media::Segment,
+    ) -> Result<weir_runtime::bindings::media::VideoInfo, weir_runtime::GuestError> {
+        let info = weir_media::transcode::probe(&segment.data).map_err(guest_error)?;
+        let video = info
+            .video
+            .ok_or_else(|| guest_error("the segment has no video stream"))?;
+        Ok(weir_runtime::bindings::media::VideoInfo {
+            codec: video.codec,
+            width: video.width,
+            height: video.height,
+            // The probe does not read the frame rate: 0/1 says unknown.
+            fps_num: 0,
+            fps_den: 1,
+        })
+    }
+
+    fn ladder(
+        &self,
+        segment: &weir_runtime::media::Segment,
+        renditions: &[weir_runtime::bindings::transcode::Rendition],
+    ) -> Result<Vec<weir_runtime::media::Segment>, weir_runtime::GuestError> {
+        let profiles = renditions
+            .iter()
+            .map(|r| {
+                if r.fps_num == 0 {
+                    return Err(guest_error(format!(
+                        "rendition {}: keeping the source frame rate (fps-num 0) is not supported yet; give a frame rate",
+                        r.name
+                    )));
+                }
+                Ok(Profile {
+                    name: r.name.clone(),
+                    width: r.width,
+                    height: r.height,
+                    bitrate: u64::from(r.bitrate),
+                    fps: r.fps_num,
+                    fps_den: r.fps_den.max(1),
+                    profile: weir_media::profile::H264Profile::None,
+                    gop: match r.gop_ms {
+                        // One keyframe per segment: a GOP longer than the segment.
+                        0 => weir_media::profile::Gop::Seconds(
+                            (f64::from(segment.duration_ms) / 1000.0 + 1.0).min(60.0),
+                        ),
+                        ms => weir_media::profile::Gop::Seconds(f64::from(ms) / 1000.0),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        validate_ladder(&profiles).map_err(guest_error)?;
+        let out = self
+            .transcoder
+            .transcode(&segment.data, &profiles)
+            .map_err(guest_error)?;
+        Ok(out
+            .into_iter()
+            .map(|r| weir_runtime::media::Segment {
+                seq: segment.seq,
+                duration_ms: u32::try_from(r.duration_ms).unwrap_or(u32::MAX),
+                content_type: "video/mp2t".to_owned(),
+                data: r.data.to_vec().into(),
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

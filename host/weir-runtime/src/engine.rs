@@ -59,6 +59,7 @@ pub struct Runtime {
     cache: Option<CodeCache>,
     config: RuntimeConfig,
     payments: Arc<dyn PaymentsSource>,
+    media: crate::host::MediaSlot,
     metrics: RuntimeMetrics,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -74,6 +75,12 @@ fn engine_error(e: impl std::fmt::Display) -> RuntimeError {
 }
 
 impl Runtime {
+    /// Give components host media work (`segment.probe`, `transcode.ladder`), also those
+    /// already loaded. Only the first call counts; returns whether this one did.
+    pub fn provide_media(&self, media: Arc<dyn crate::host::MediaSource>) -> bool {
+        self.media.set(media).is_ok()
+    }
+
     /// Build the engine and linkers and start the epoch ticker.
     pub fn new(
         config: RuntimeConfig,
@@ -130,6 +137,7 @@ impl Runtime {
             cache,
             config,
             payments,
+            media: Default::default(),
             metrics,
             ticker_stop,
         }))
@@ -198,6 +206,7 @@ impl Runtime {
                 name: manifest.name.as_str().into(),
                 config: Arc::new(manifest.config.clone()),
                 payments: self.payments.clone(),
+                media: self.media.clone(),
             },
             permissions,
             limits: manifest.limits.clone(),

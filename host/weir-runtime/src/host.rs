@@ -55,6 +55,23 @@ impl PaymentsSource for NoLedger {
     }
 }
 
+/// Media work done by the host for components (`media.segment.probe`, `transcode.ladder`).
+/// The runtime never links FFmpeg: the orchestrator provides an implementation with
+/// [`crate::Runtime::provide_media`]; until then both calls answer `unsupported`.
+pub trait MediaSource: Send + Sync {
+    /// What the host knows of `segment`'s video stream (frame rate 0/1 when unknown).
+    fn probe(&self, segment: &Segment) -> Result<media::VideoInfo, GuestError>;
+    /// `segment` transcoded to every rendition, in order. Blocking.
+    fn ladder(
+        &self,
+        segment: &Segment,
+        renditions: &[transcode::Rendition],
+    ) -> Result<Vec<Segment>, GuestError>;
+}
+
+/// Where a component finds the node's media source (set once, possibly after it loaded).
+pub(crate) type MediaSlot = Arc<OnceLock<Arc<dyn MediaSource>>>;
+
 /// What every store of one component version shares.
 #[derive(Clone)]
 pub(crate) struct ComponentScope {
@@ -64,6 +81,8 @@ pub(crate) struct ComponentScope {
     pub config: Arc<BTreeMap<String, String>>,
     /// Ledger view.
     pub payments: Arc<dyn PaymentsSource>,
+    /// Host media work.
+    pub media: MediaSlot,
 }
 
 /// The data of one wasmtime store: one live instance of a component.
@@ -264,9 +283,12 @@ impl media::HostSegment for HostState {
 
     fn probe(
         &mut self,
-        _this: Resource<Segment>,
+        this: Resource<Segment>,
     ) -> wasmtime::Result<Result<media::VideoInfo, GuestError>> {
-        unsupported("media probing (FFmpeg)")
+        let Some(media) = self.scope.media.get().cloned() else {
+            return unsupported("media probing (no transcoder on this node)");
+        };
+        Ok(media.probe(self.table.get(&this)?))
     }
 
     fn drop(&mut self, rep: Resource<Segment>) -> wasmtime::Result<()> {
@@ -278,10 +300,21 @@ impl media::HostSegment for HostState {
 impl transcode::Host for HostState {
     fn ladder(
         &mut self,
-        _source: Resource<Segment>,
-        _renditions: Vec<transcode::Rendition>,
+        source: Resource<Segment>,
+        renditions: Vec<transcode::Rendition>,
     ) -> wasmtime::Result<Result<Vec<Resource<Segment>>, GuestError>> {
-        unsupported("transcoding (FFmpeg ladder)")
+        let Some(media) = self.scope.media.get().cloned() else {
+            return unsupported("transcoding (no transcoder on this node)");
+        };
+        let out = match media.ladder(self.table.get(&source)?, &renditions) {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut handles = Vec::with_capacity(out.len());
+        for segment in out {
+            handles.push(self.push_segment(segment)?);
+        }
+        Ok(Ok(handles))
     }
 }
 

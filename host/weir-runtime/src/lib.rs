@@ -42,7 +42,7 @@ pub use bindings::types::{
 pub use component::{LoadedComponent, PipelineStream};
 pub use engine::{Runtime, RuntimeConfig, MAX_WASM_BYTES};
 pub use error::{describe_guest_error, CallFailure, RuntimeError};
-pub use host::{NoLedger, PaymentsSource};
+pub use host::{MediaSource, NoLedger, PaymentsSource};
 pub use inspect::{Inspection, WorldCheck};
 pub use manifest::{DirGrant, InstanceMode, Limits, Manifest, Permissions, WorldKind};
 pub use metrics::RuntimeMetrics;

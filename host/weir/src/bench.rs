@@ -36,7 +36,8 @@ pub enum BenchCmd {
     /// directly, and the ONNX upscaler against onnxruntime's Python package.
     Gateway(crate::bench_gateway::GatewayBench),
     /// Transcoding a 1080p30 source to the 240p30+360p30 ladder with Weir's transcoder against
-    /// the `ffmpeg` CLI running the same graph.
+    /// the `ffmpeg` CLI running the same graph; then live latency from RTMP publish to listed
+    /// segment through a real node.
     Transcode {
         /// Length of the generated source, seconds.
         #[arg(long, default_value_t = 10)]
@@ -47,6 +48,12 @@ pub enum BenchCmd {
         /// Threads for the decoder and each encoder, both sides (0: the libraries choose).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Directory with the default components, for the live-latency run.
+        #[arg(long, default_value = "build/components")]
+        components: PathBuf,
+        /// Seconds published in real time for the live-latency run (0 skips it).
+        #[arg(long, default_value_t = 20)]
+        live_seconds: u32,
     },
 }
 
@@ -69,6 +76,8 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             seconds,
             preset,
             threads,
+            components,
+            live_seconds,
         } => {
             let report =
                 crate::bench_transcode::run(&crate::bench_transcode::TranscodeBenchArgs {
@@ -77,6 +86,12 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                     threads,
                 })?;
             println!("{report}");
+            if live_seconds > 0 {
+                println!(
+                    "{}",
+                    crate::bench_live::run(&components, live_seconds, 2.0)?
+                );
+            }
             Ok(())
         }
     }

@@ -66,6 +66,8 @@ pub struct GatewaySection {
     pub auth_webhook_url: Option<String>,
     /// Largest HTTP-pushed segment in MiB (default 64).
     pub max_push_mib: Option<usize>,
+    /// Target length of a low-latency HLS part in milliseconds (default 500).
+    pub ll_part_ms: Option<u64>,
 }
 
 /// `[orchestrator]`.
@@ -355,6 +357,14 @@ impl NodeConfig {
         {
             return Err(ConfigError::Invalid(
                 "gateway.segment_secs must be between 0.5 and 30".into(),
+            ));
+        }
+        if gateway
+            .ll_part_ms
+            .is_some_and(|p| !(100..=2000).contains(&p))
+        {
+            return Err(ConfigError::Invalid(
+                "gateway.ll_part_ms must be between 100 and 2000".into(),
             ));
         }
         if gateway.hls_window.is_some_and(|w| !(2..=100).contains(&w)) {

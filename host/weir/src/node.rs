@@ -148,6 +148,7 @@ pub fn gateway_config(
             max_sessions: g.max_sessions.unwrap_or(10),
             auth_webhook_url: g.auth_webhook_url.clone(),
             max_push_bytes: mib(Some(g.max_push_mib.unwrap_or(64))),
+            part: Duration::from_millis(g.ll_part_ms.unwrap_or(500)),
             ..weir_gateway::LiveConfig::default()
         },
     })
@@ -240,6 +241,9 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         .await
         .context("starting the orchestrator")?;
         tasks.push(orchestrator.spawn_health_checks());
+        if let Some(media) = orchestrator.guest_media() {
+            registry.runtime().provide_media(media);
+        }
         ledgers.push(("orchestrator", orchestrator.ledger().clone()));
         match service_listener {
             Some(l) => {
