@@ -164,7 +164,10 @@ fn check_rendition(gw: &Weir, stream: &str, name: &str, size: (u64, u64), dir: &
 #[test]
 fn an_rtmp_publish_from_ffmpeg_becomes_an_abr_ladder_in_hls() {
     let o = orchestrator();
-    let gw = gateway(&[&o.url], "segment_secs = 2\nhls_window = 10");
+    let gw = gateway(
+        &[&o.url],
+        "segment_secs = 2\nhls_window = 10\nrecord = true",
+    );
     wait_discovered(&gw, 1);
     let rtmp = rtmp_url(&gw);
 
@@ -267,6 +270,34 @@ fn an_rtmp_publish_from_ffmpeg_becomes_an_abr_ladder_in_hls() {
         "{} frames in the fMP4 track",
         frames.len()
     );
+
+    // The recording plays as video on demand.
+    let recorded = eventually(Duration::from_secs(20), || {
+        let (status, text) = get_text(&format!("{}/recordings/ladder/index.m3u8", gw.url));
+        (status == 200 && text.contains("P360p30fps16x9.m3u8")).then_some(())
+    });
+    assert!(recorded.is_some(), "the recording was never closed");
+    let (_, vod) = get_text(&format!("{}/recordings/ladder/P360p30fps16x9.m3u8", gw.url));
+    assert!(
+        vod.contains("#EXT-X-PLAYLIST-TYPE:EVENT") && vod.contains("#EXT-X-ENDLIST"),
+        "{vod}"
+    );
+    let out = run(Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,width",
+            "-of",
+            "json",
+        ])
+        .arg(format!("{}/recordings/ladder/P360p30fps16x9.m3u8", gw.url)));
+    let vod_probe: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(vod_probe["streams"][0]["width"].as_u64(), Some(640));
+    let frames: u64 = vod_probe["streams"][0]["nb_read_frames"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .expect("frame count");
+    assert_eq!(frames, 270, "9 s at 30 fps");
 
     // Both ledgers agree on what the segments cost.
     let paid: u64 = gw.ledger()["gateway"]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod live;
 pub mod payments;
+mod record;
 mod server;
 pub mod storage;
 

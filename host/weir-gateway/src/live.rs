@@ -38,6 +38,7 @@ use weir_media::wire::{
 use weir_protocol::AiHttpError;
 use weir_runtime::{JobRequest, OutputSize, Param, ParamValue};
 
+use crate::record::{RecordedVariant, Recorder};
 use crate::server::{err, Attempt, Choice, Gateway};
 
 /// Settings of live video on the gateway.
@@ -62,6 +63,8 @@ pub struct LiveConfig {
     pub keep_ended: Duration,
     /// Target length of a low-latency HLS part.
     pub part: Duration,
+    /// Where streams are recorded (source and renditions), when they are.
+    pub record_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for LiveConfig {
@@ -76,6 +79,7 @@ impl Default for LiveConfig {
             max_push_bytes: 64 << 20,
             keep_ended: Duration::from_secs(120),
             part: Duration::from_millis(500),
+            record_dir: None,
         }
     }
 }
@@ -255,6 +259,7 @@ impl LiveStream {
 /// The live streams of a gateway.
 pub(crate) struct Streams {
     config: LiveConfig,
+    recorder: Option<Arc<Recorder>>,
     map: Mutex<HashMap<String, Arc<LiveStream>>>,
     segments: prometheus::IntCounterVec,
     live: prometheus::IntGauge,
@@ -276,6 +281,10 @@ impl Streams {
         metrics.register(Box::new(segments.clone()))?;
         metrics.register(Box::new(live.clone()))?;
         Ok(Streams {
+            recorder: config
+                .record_dir
+                .clone()
+                .map(|dir| Arc::new(Recorder::new(dir))),
             config,
             map: Mutex::new(HashMap::new()),
             segments,
@@ -440,7 +449,24 @@ impl Gateway {
         for t in st.tracks_mut() {
             t.end();
         }
+        let variants: Vec<RecordedVariant> = st
+            .renditions
+            .iter()
+            .chain(std::iter::once(&st.source))
+            .map(|t| RecordedVariant {
+                name: t.name.clone(),
+                variant: t.variant(&stream.id),
+            })
+            .collect();
         drop(st);
+        if let Some(recorder) = self.streams().recorder.clone() {
+            let id = stream.id.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = recorder.finish(&id, &variants) {
+                    tracing::error!(stream = %id, error = %e, "could not close the recording");
+                }
+            });
+        }
         tracing::info!(stream = %stream.id, "stream ended");
         self.streams().live.set(self.streams().active() as i64);
     }
@@ -565,6 +591,11 @@ impl Gateway {
                 .push(duration, at, discontinuity, data.clone(), source_fmp4);
             (seq, at, discontinuity)
         };
+        self.record(
+            &stream.id,
+            vec![("source".to_owned(), duration, data.clone())],
+            discontinuity,
+        );
         let duration_ms = duration.as_millis().max(1) as u64;
         let transcoded = self
             .transcode_remote(&stream.id, seq, &stream.profiles, data, duration_ms)
@@ -600,6 +631,18 @@ impl Gateway {
                         None => t.gap = true,
                     }
                 }
+                drop(st);
+                self.record(
+                    &stream.id,
+                    renditions
+                        .iter()
+                        .map(|r| {
+                            let d = Duration::from_millis(r.duration_ms.max(1));
+                            (r.name.clone(), d, r.data.clone())
+                        })
+                        .collect(),
+                    discontinuity,
+                );
                 Ok(renditions)
             }
             Err(e) => {
@@ -609,6 +652,23 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// Append segments to the stream's recording, when streams are recorded (in the
+    /// background, in order per stream).
+    fn record(&self, stream: &str, segments: Vec<(String, Duration, Bytes)>, discontinuity: bool) {
+        let Some(recorder) = self.streams().recorder.clone() else {
+            return;
+        };
+        let stream = stream.to_owned();
+        tokio::task::spawn_blocking(move || {
+            for (rendition, duration, data) in segments {
+                if let Err(e) = recorder.append(&stream, &rendition, duration, discontinuity, &data)
+                {
+                    tracing::error!(%stream, %rendition, error = %e, "could not record a segment");
+                }
+            }
+        });
     }
 
     /// MPEG-TS segments as fMP4 with low-latency parts; `None` for one that cannot be
@@ -1012,4 +1072,27 @@ async fn ll_playlist(s: &LiveStream, name: &str, reload: Reload) -> Response {
 /// Refuse a ladder before any stream uses it.
 pub(crate) fn check_ladder(profiles: &[Profile]) -> Result<(), String> {
     validate_ladder(profiles).map_err(|e| e.to_string())
+}
+
+/// `GET /recordings/{stream}/{file}` and `/recordings/{stream}/{rendition}/{file}`: recorded
+/// playlists and segments.
+pub(crate) async fn recording(
+    State(g): State<Gateway>,
+    UrlPath(parts): UrlPath<Vec<(String, String)>>,
+) -> Response {
+    let Some(recorder) = g.streams().recorder.clone() else {
+        return not_found("this gateway does not record streams");
+    };
+    let rel: Vec<String> = parts.into_iter().map(|(_, v)| v).collect();
+    let read = tokio::task::spawn_blocking(move || {
+        let rel: Vec<&str> = rel.iter().map(String::as_str).collect();
+        recorder.read(&rel)
+    })
+    .await;
+    match read {
+        Ok(Some((content_type, data))) => {
+            ([(header::CONTENT_TYPE, content_type)], data).into_response()
+        }
+        _ => not_found("no such recording file"),
+    }
 }

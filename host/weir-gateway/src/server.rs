@@ -242,6 +242,11 @@ impl Gateway {
                 "/stream/{stream}/{rendition}/{file}",
                 get(crate::live::segment),
             )
+            .route("/recordings/{stream}/{file}", get(crate::live::recording))
+            .route(
+                "/recordings/{stream}/{rendition}/{file}",
+                get(crate::live::recording),
+            )
             .merge(push)
             .route("/results/{name}", get(result))
             .route("/openapi.json", get(openapi))

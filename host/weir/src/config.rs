@@ -68,6 +68,9 @@ pub struct GatewaySection {
     pub max_push_mib: Option<usize>,
     /// Target length of a low-latency HLS part in milliseconds (default 500).
     pub ll_part_ms: Option<u64>,
+    /// Record every stream (source and renditions) under `<data_dir>/recordings`, served at
+    /// `/recordings/{stream}/index.m3u8` (default false).
+    pub record: Option<bool>,
 }
 
 /// `[orchestrator]`.

@@ -149,6 +149,10 @@ pub fn gateway_config(
             auth_webhook_url: g.auth_webhook_url.clone(),
             max_push_bytes: mib(Some(g.max_push_mib.unwrap_or(64))),
             part: Duration::from_millis(g.ll_part_ms.unwrap_or(500)),
+            record_dir: g
+                .record
+                .unwrap_or(false)
+                .then(|| config.data_dir.join("recordings")),
             ..weir_gateway::LiveConfig::default()
         },
     })
