@@ -396,24 +396,27 @@ impl Gateway {
         connected: bool,
     ) -> Result<(Arc<LiveStream>, u64), String> {
         let streams = self.streams();
-        let existing = streams.get(id);
-        if existing
-            .as_ref()
-            .is_none_or(|s| s.state.lock().ended_at.is_some())
-            && streams.active() >= streams.config.max_sessions
-        {
-            return Err(format!(
-                "no sessions available: {} streams are live (max_sessions)",
-                streams.config.max_sessions
-            ));
-        }
-        let stream = match existing {
-            // Same ladder: continue the playlists (a reconnect, or a pushed stream).
-            Some(s) if s.profiles == profiles => s,
-            _ => {
-                let s = Arc::new(LiveStream::new(id, profiles, &streams.config));
-                streams.map.lock().insert(id.to_owned(), s.clone());
-                s
+        // Checked and taken under one lock: two publishes cannot both take the last session.
+        let stream = {
+            let mut map = streams.map.lock();
+            let is_live = |s: &Arc<LiveStream>| s.state.lock().ended_at.is_none();
+            let existing = map.get(id).cloned();
+            if existing.as_ref().is_none_or(|s| !is_live(s)) {
+                let active = map.values().filter(|s| is_live(s)).count();
+                if active >= streams.config.max_sessions {
+                    return Err(format!(
+                        "no sessions available: {active} streams are live (max_sessions)"
+                    ));
+                }
+            }
+            match existing {
+                // Same ladder: continue the playlists (a reconnect, or a pushed stream).
+                Some(s) if s.profiles == profiles => s,
+                _ => {
+                    let s = Arc::new(LiveStream::new(id, profiles, &streams.config));
+                    map.insert(id.to_owned(), s.clone());
+                    s
+                }
             }
         };
         let generation = {

@@ -25,7 +25,6 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -300,16 +299,8 @@ fn sps_chroma(sps: &[u8]) -> Option<(u8, u8, u8)> {
     ))
 }
 
-/// Initialises the FFmpeg libraries once (and quiets their logging to fatal errors).
 fn init_ffmpeg() -> Result<(), LlHlsError> {
-    static INIT: OnceLock<Result<(), String>> = OnceLock::new();
-    INIT.get_or_init(|| {
-        ff::init().map_err(|e| e.to_string())?;
-        ff::util::log::set_level(ff::util::log::Level::Fatal);
-        Ok(())
-    })
-    .clone()
-    .map_err(LlHlsError::Unavailable)
+    crate::transcode::ffmpeg_ready().map_err(LlHlsError::Unavailable)
 }
 
 /// `t` in time base `tb`, in units of `1/scale` seconds (rounded to nearest).

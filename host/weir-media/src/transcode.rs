@@ -182,8 +182,9 @@ fn ffe(context: impl Into<String>) -> impl FnOnce(ff::Error) -> TranscodeError {
     move |source| TranscodeError::Ffmpeg { context, source }
 }
 
-/// Initialises the FFmpeg libraries once (and quiets their logging to errors).
-fn init_ffmpeg() -> Result<(), TranscodeError> {
+/// Initialises the FFmpeg libraries once per process (and quiets their logging to fatal
+/// errors); every module that uses FFmpeg goes through here.
+pub(crate) fn ffmpeg_ready() -> Result<(), String> {
     static INIT: OnceLock<Result<(), String>> = OnceLock::new();
     INIT.get_or_init(|| {
         ff::init().map_err(|e| e.to_string())?;
@@ -192,7 +193,10 @@ fn init_ffmpeg() -> Result<(), TranscodeError> {
         Ok(())
     })
     .clone()
-    .map_err(TranscodeError::Unavailable)
+}
+
+fn init_ffmpeg() -> Result<(), TranscodeError> {
+    ffmpeg_ready().map_err(TranscodeError::Unavailable)
 }
 
 /// Whether a CUDA GPU is present at run time (see [`crate::gpu`]).
