@@ -572,8 +572,6 @@ impl Gateway {
         duration: Duration,
         data: Bytes,
     ) -> Result<Vec<Rendition>, AiHttpError> {
-        // The source is listed at once; its renditions follow when transcoded.
-        let source_fmp4 = self.package(vec![data.clone()]).await.pop().flatten();
         let (seq, at, discontinuity) = {
             let mut st = stream.state.lock();
             if st.generation != generation {
@@ -589,27 +587,37 @@ impl Gateway {
             });
             let offset = start_ms.saturating_sub(epoch.1).max(0) as u64;
             let at = epoch.0 + Duration::from_millis(offset);
-            let discontinuity = std::mem::take(&mut st.discontinuity);
-            st.source
-                .push(duration, at, discontinuity, data.clone(), source_fmp4);
-            (seq, at, discontinuity)
+            (seq, at, std::mem::take(&mut st.discontinuity))
         };
+        // The source is listed as soon as it is packaged, while the orchestrator transcodes.
+        let list_source = async {
+            let fmp4 = self.package(vec![data.clone()]).await.pop().flatten();
+            let mut st = stream.state.lock();
+            if st.generation == generation {
+                st.source
+                    .push(duration, at, discontinuity, data.clone(), fmp4);
+            }
+        };
+        let duration_ms = duration.as_millis().max(1) as u64;
+        let transcode = async {
+            let transcoded = self
+                .transcode_remote(&stream.id, seq, &stream.profiles, data.clone(), duration_ms)
+                .await;
+            let packaged = match &transcoded {
+                Ok(renditions) => {
+                    self.package(renditions.iter().map(|r| r.data.clone()).collect())
+                        .await
+                }
+                Err(_) => Vec::new(),
+            };
+            (transcoded, packaged)
+        };
+        let ((), (transcoded, packaged)) = tokio::join!(list_source, transcode);
         self.record(
             &stream.id,
-            vec![("source".to_owned(), duration, data.clone())],
+            vec![("source".to_owned(), duration, data)],
             discontinuity,
         );
-        let duration_ms = duration.as_millis().max(1) as u64;
-        let transcoded = self
-            .transcode_remote(&stream.id, seq, &stream.profiles, data, duration_ms)
-            .await;
-        let packaged = match &transcoded {
-            Ok(renditions) => {
-                self.package(renditions.iter().map(|r| r.data.clone()).collect())
-                    .await
-            }
-            Err(_) => Vec::new(),
-        };
         let mut st = stream.state.lock();
         if st.generation != generation {
             return Err(err(409, "the stream was republished; renditions dropped"));
