@@ -695,6 +695,107 @@ struct Output {
     packets: u64,
 }
 
+/// What an H.264 encoder for one rendition is set up with.
+struct EncoderSettings<'a> {
+    profile: &'a Profile,
+    opts: &'a TranscodeOptions,
+    tb: Rational,
+    fps: Rational,
+}
+
+/// An unopened video encoder for `codec` with the rendition's size, rate, bitrate and GOP.
+fn video_encoder(
+    codec: ff::Codec,
+    s: &EncoderSettings<'_>,
+    threads: usize,
+) -> Result<encoder::video::Video, TranscodeError> {
+    let mut ctx = codec::context::Context::new_with_codec(codec);
+    ctx.set_threading(codec::threading::Config {
+        kind: codec::threading::Type::Frame,
+        count: threads,
+        ..Default::default()
+    });
+    let mut enc = ctx
+        .encoder()
+        .video()
+        .map_err(ffe(format!("creating the {} encoder", codec.name())))?;
+    enc.set_width(s.profile.width);
+    enc.set_height(s.profile.height);
+    enc.set_format(Pixel::YUV420P);
+    enc.set_time_base(s.tb);
+    enc.set_frame_rate(Some(s.fps));
+    enc.set_bit_rate(usize::try_from(s.profile.bitrate).unwrap_or(usize::MAX));
+    enc.set_gop(s.profile.gop_frames());
+    if s.profile.profile.forbids_b_frames() {
+        enc.set_max_b_frames(0);
+    }
+    Ok(enc)
+}
+
+/// libx264 with a fixed GOP, no scene-cut keyframes and IDRs where asked.
+fn open_x264(s: &EncoderSettings<'_>) -> Result<(ff::Codec, encoder::Video), TranscodeError> {
+    let codec = encoder::find_by_name("libx264")
+        .ok_or_else(|| TranscodeError::Unavailable("no libx264 encoder".into()))?;
+    let enc = video_encoder(codec, s, s.opts.threads)?;
+    let gop = s.profile.gop_frames();
+    let mut dict = ff::Dictionary::new();
+    dict.set("preset", &s.opts.preset);
+    if let Some(p) = s.profile.profile.x264_profile() {
+        dict.set("profile", p);
+    }
+    dict.set("forced-idr", "1");
+    let mut params = format!("keyint={gop}:min-keyint={gop}:scenecut=0");
+    if s.profile.profile.forbids_b_frames() {
+        params.push_str(":bframes=0");
+    }
+    dict.set("x264-params", &params);
+    let opened = enc
+        .open_as_with(codec, dict)
+        .map_err(ffe(format!("opening x264 for {}", s.profile.name)))?;
+    Ok((codec, opened))
+}
+
+/// Whether NVENC opened before (`Some(true)`), failed (`Some(false)`), or was never tried.
+static NVENC_WORKS: OnceLock<bool> = OnceLock::new();
+
+/// NVENC (`h264_nvenc`) when GPU work is allowed, a CUDA device is present and the encoder
+/// opens; `None` (x264 is used) otherwise. A failure is logged once and not retried: GPUs
+/// without NVENC (H100, H200, A100) have NVDEC but no encoder.
+fn open_nvenc(s: &EncoderSettings<'_>) -> Option<(ff::Codec, encoder::Video)> {
+    if s.opts.accel == Accel::Cpu || NVENC_WORKS.get() == Some(&false) || !gpu::gpu_available() {
+        return None;
+    }
+    let codec = encoder::find_by_name("h264_nvenc")?;
+    let gop = s.profile.gop_frames();
+    let opened = video_encoder(codec, s, 0).and_then(|enc| {
+        let mut dict = ff::Dictionary::new();
+        dict.set("preset", "p4");
+        dict.set("forced-idr", "1");
+        dict.set("no-scenecut", "1");
+        dict.set("strict_gop", "1");
+        dict.set("g", &gop.to_string());
+        if let Some(p) = s.profile.profile.x264_profile() {
+            dict.set("profile", p);
+        }
+        enc.open_as_with(codec, dict)
+            .map_err(ffe(format!("opening NVENC for {}", s.profile.name)))
+    });
+    match opened {
+        Ok(enc) => {
+            if NVENC_WORKS.set(true).is_ok() {
+                tracing::info!("encoding with NVENC (h264_nvenc)");
+            }
+            Some((codec, enc))
+        }
+        Err(e) => {
+            if NVENC_WORKS.set(false).is_ok() {
+                tracing::info!(reason = %e, "NVENC unavailable; encoding with x264");
+            }
+            None
+        }
+    }
+}
+
 impl Output {
     fn open(
         profile: &Profile,
@@ -711,47 +812,20 @@ impl Output {
             .as_ref()
             .map_or(Rational::new(1, 90_000), |v| v.tb);
         if job.video.is_some() {
-            let codec = encoder::find_by_name("libx264")
-                .ok_or_else(|| TranscodeError::Unavailable("no libx264 encoder".into()))?;
-            let mut ctx = codec::context::Context::new_with_codec(codec);
-            ctx.set_threading(codec::threading::Config {
-                kind: codec::threading::Type::Frame,
-                count: opts.threads,
-                ..Default::default()
-            });
-            let mut enc = ctx
-                .encoder()
-                .video()
-                .map_err(ffe("creating the x264 encoder"))?;
-            enc.set_width(profile.width);
-            enc.set_height(profile.height);
-            enc.set_format(Pixel::YUV420P);
-            enc.set_time_base(enc_tb);
             let fps = Rational::new(
                 i32::try_from(profile.fps).unwrap_or(30),
                 i32::try_from(profile.fps_den).unwrap_or(1),
             );
-            enc.set_frame_rate(Some(fps));
-            enc.set_bit_rate(usize::try_from(profile.bitrate).unwrap_or(usize::MAX));
-            let gop = profile.gop_frames();
-            enc.set_gop(gop);
-            if profile.profile.forbids_b_frames() {
-                enc.set_max_b_frames(0);
-            }
-            let mut dict = ff::Dictionary::new();
-            dict.set("preset", &opts.preset);
-            if let Some(p) = profile.profile.x264_profile() {
-                dict.set("profile", p);
-            }
-            dict.set("forced-idr", "1");
-            let mut params = format!("keyint={gop}:min-keyint={gop}:scenecut=0");
-            if profile.profile.forbids_b_frames() {
-                params.push_str(":bframes=0");
-            }
-            dict.set("x264-params", &params);
-            let opened = enc
-                .open_as_with(codec, dict)
-                .map_err(ffe(format!("opening x264 for {}", profile.name)))?;
+            let settings = EncoderSettings {
+                profile,
+                opts,
+                tb: enc_tb,
+                fps,
+            };
+            let (codec, opened) = match open_nvenc(&settings) {
+                Some(nvenc) => nvenc,
+                None => open_x264(&settings)?,
+            };
             let mut ost = octx
                 .add_stream(codec)
                 .map_err(ffe("adding the video stream"))?;

@@ -21,7 +21,9 @@ fn rung(name: &str, width: u32, height: u32, bitrate: u32) -> Rendition {
 
 impl Guest for Ladder {
     fn run(_job: Job) -> Result<JobOutput, Error> {
-        Err(Error::Unsupported("this pipeline only transcodes streams".into()))
+        Err(Error::Unsupported(
+            "this pipeline only transcodes streams".into(),
+        ))
     }
 
     fn on_start(_info: StreamInfo) -> Result<(), Error> {
