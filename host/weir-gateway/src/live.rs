@@ -462,13 +462,8 @@ impl Gateway {
             })
             .collect();
         drop(st);
-        if let Some(recorder) = self.streams().recorder.clone() {
-            let id = stream.id.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = recorder.finish(&id, &variants) {
-                    tracing::error!(stream = %id, error = %e, "could not close the recording");
-                }
-            });
+        if let Some(recorder) = &self.streams().recorder {
+            recorder.finish(&stream.id, variants);
         }
         tracing::info!(stream = %stream.id, "stream ended");
         self.streams().live.set(self.streams().active() as i64);
@@ -665,21 +660,14 @@ impl Gateway {
         }
     }
 
-    /// Append segments to the stream's recording, when streams are recorded (in the
-    /// background, in order per stream).
+    /// Append segments to the stream's recording, when streams are recorded (written in the
+    /// background, in the order asked).
     fn record(&self, stream: &str, segments: Vec<(String, Duration, Bytes)>, discontinuity: bool) {
-        let Some(recorder) = self.streams().recorder.clone() else {
-            return;
-        };
-        let stream = stream.to_owned();
-        tokio::task::spawn_blocking(move || {
+        if let Some(recorder) = &self.streams().recorder {
             for (rendition, duration, data) in segments {
-                if let Err(e) = recorder.append(&stream, &rendition, duration, discontinuity, &data)
-                {
-                    tracing::error!(%stream, %rendition, error = %e, "could not record a segment");
-                }
+                recorder.append(stream, &rendition, duration, discontinuity, data);
             }
-        });
+        }
     }
 
     /// MPEG-TS segments as fMP4 with low-latency parts; `None` for one that cannot be
@@ -1097,7 +1085,7 @@ pub(crate) async fn recording(
     let rel: Vec<String> = parts.into_iter().map(|(_, v)| v).collect();
     let read = tokio::task::spawn_blocking(move || {
         let rel: Vec<&str> = rel.iter().map(String::as_str).collect();
-        recorder.read(&rel)
+        recorder.files.read(&rel)
     })
     .await;
     match read {

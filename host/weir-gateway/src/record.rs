@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,23 +36,115 @@ pub(crate) struct RecordedVariant {
     pub variant: weir_media::hls::Variant,
 }
 
-/// The recordings of a gateway.
+/// The recordings of a gateway: writes go, in the order they were asked for, to one
+/// background thread (a segment appended before a stream ends is in the playlist that the end
+/// closes).
 pub(crate) struct Recorder {
-    dir: PathBuf,
-    open: Mutex<HashMap<(String, String), Recording>>,
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// The files, for reading.
+    pub files: Arc<Files>,
+}
+
+enum Job {
+    Append {
+        stream: String,
+        rendition: String,
+        duration: Duration,
+        discontinuity: bool,
+        data: Bytes,
+    },
+    Finish {
+        stream: String,
+        variants: Vec<RecordedVariant>,
+    },
 }
 
 impl Recorder {
     /// Recordings under `dir` (created when needed).
     pub fn new(dir: PathBuf) -> Recorder {
-        Recorder {
+        let files = Arc::new(Files {
             dir,
             open: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let writer = files.clone();
+        let spawned = std::thread::Builder::new()
+            .name("weir-recorder".into())
+            .spawn(move || {
+                for job in rx {
+                    let (stream, outcome) = match job {
+                        Job::Append {
+                            stream,
+                            rendition,
+                            duration,
+                            discontinuity,
+                            data,
+                        } => {
+                            let r =
+                                writer.append(&stream, &rendition, duration, discontinuity, &data);
+                            (stream, r)
+                        }
+                        Job::Finish { stream, variants } => {
+                            let r = writer.finish(&stream, &variants);
+                            (stream, r)
+                        }
+                    };
+                    if let Err(e) = outcome {
+                        tracing::error!(%stream, error = %e, "recording failed");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the recorder; streams are not recorded");
+        }
+        Recorder {
+            jobs: Mutex::new(tx),
+            files,
         }
     }
 
-    /// Append a segment to `stream`/`rendition` and rewrite its playlist. Blocking.
+    /// Append a segment to `stream`/`rendition`.
     pub fn append(
+        &self,
+        stream: &str,
+        rendition: &str,
+        duration: Duration,
+        discontinuity: bool,
+        data: Bytes,
+    ) {
+        self.send(Job::Append {
+            stream: stream.to_owned(),
+            rendition: rendition.to_owned(),
+            duration,
+            discontinuity,
+            data,
+        });
+    }
+
+    /// Close every rendition of `stream` and write its master playlist.
+    pub fn finish(&self, stream: &str, variants: Vec<RecordedVariant>) {
+        self.send(Job::Finish {
+            stream: stream.to_owned(),
+            variants,
+        });
+    }
+
+    fn send(&self, job: Job) {
+        if self.jobs.lock().send(job).is_err() {
+            tracing::error!("the recorder has stopped; segment not recorded");
+        }
+    }
+}
+
+/// The recording files and what is known of the open ones.
+pub(crate) struct Files {
+    dir: PathBuf,
+    open: Mutex<HashMap<(String, String), Recording>>,
+}
+
+impl Files {
+    /// Append a segment to `stream`/`rendition` and rewrite its playlist. Blocking.
+    fn append(
         &self,
         stream: &str,
         rendition: &str,
@@ -76,7 +169,7 @@ impl Recorder {
     }
 
     /// Close every rendition of `stream` (`#EXT-X-ENDLIST`) and write its master playlist.
-    pub fn finish(&self, stream: &str, variants: &[RecordedVariant]) -> std::io::Result<()> {
+    fn finish(&self, stream: &str, variants: &[RecordedVariant]) -> std::io::Result<()> {
         let mut open = self.open.lock();
         for ((s, rendition), rec) in open.iter_mut() {
             if s == stream && !rec.ended {
@@ -174,7 +267,10 @@ mod tests {
     #[test]
     fn a_recording_is_an_event_playlist_closed_at_the_end() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let r = Recorder::new(dir.path().to_path_buf());
+        let r = Files {
+            dir: dir.path().to_path_buf(),
+            open: Mutex::new(HashMap::new()),
+        };
         let seg = Bytes::from_static(b"\x47ts");
         r.append("s", "source", Duration::from_secs(2), false, &seg)
             .expect("append");
