@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use weir_media::hls::{self, MediaPlaylist, Variant};
 use weir_media::llhls::{ts_to_fmp4, Fmp4Segment, LlPlaylist};
 use weir_media::packet::IngestEvent;
-use weir_media::profile::{validate_ladder, Profile};
+use weir_media::profile::Profile;
 use weir_media::rtmp::PublishHandler;
 use weir_media::segmenter::Segmenter;
 use weir_media::transcode::Rendition;
@@ -1066,11 +1066,6 @@ async fn ll_playlist(s: &LiveStream, name: &str, reload: Reload) -> Response {
         Some(t) => playlist(t.ll.render()),
         None => not_found(format!("stream `{}` has no rendition `{name}`", s.id)),
     }
-}
-
-/// Refuse a ladder before any stream uses it.
-pub(crate) fn check_ladder(profiles: &[Profile]) -> Result<(), String> {
-    validate_ladder(profiles).map_err(|e| e.to_string())
 }
 
 /// `GET /recordings/{stream}/{file}` and `/recordings/{stream}/{rendition}/{file}`: recorded

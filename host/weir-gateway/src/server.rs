@@ -171,7 +171,8 @@ impl Gateway {
             config.webhook_interval,
             client.clone(),
         ));
-        crate::live::check_ladder(&config.live.profiles).map_err(GatewayError::Io)?;
+        weir_media::profile::validate_ladder(&config.live.profiles)
+            .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
         let streams = crate::live::Streams::new(config.live.clone(), metrics)?;
         tracing::info!(sender = %wallet.sender(), "gateway wallet");
         Ok(Gateway {

@@ -437,20 +437,10 @@ impl Connection {
             }
             ServerSessionEvent::VideoDataReceived {
                 data, timestamp, ..
-            } => {
-                let dts = self.clock.extend(timestamp.value);
-                let event = parse_video_tag(&data, dts)?;
-                self.forward(event).await?;
-                Ok(Vec::new())
-            }
+            } => self.media(&data, timestamp.value, parse_video_tag).await,
             ServerSessionEvent::AudioDataReceived {
                 data, timestamp, ..
-            } => {
-                let dts = self.clock.extend(timestamp.value);
-                let event = parse_audio_tag(&data, dts)?;
-                self.forward(event).await?;
-                Ok(Vec::new())
-            }
+            } => self.media(&data, timestamp.value, parse_audio_tag).await,
             ServerSessionEvent::StreamMetadataChanged {
                 app_name,
                 stream_key,
@@ -540,6 +530,20 @@ impl Connection {
                 Err(ConnError::Refused(reason))
             }
         }
+    }
+
+    /// An FLV audio or video tag received at RTMP time `timestamp`: parsed with `parse` on the
+    /// connection's clock and forwarded.
+    async fn media(
+        &mut self,
+        data: &Bytes,
+        timestamp: u32,
+        parse: fn(&Bytes, i64) -> Result<Option<IngestEvent>, ConnError>,
+    ) -> Result<Vec<ServerSessionResult>, ConnError> {
+        let dts = self.clock.extend(timestamp);
+        let event = parse(data, dts)?;
+        self.forward(event).await?;
+        Ok(Vec::new())
     }
 
     /// Hands one parsed tag to the consumer, waiting up to the idle timeout for channel room.

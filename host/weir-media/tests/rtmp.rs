@@ -302,10 +302,8 @@ async fn gstreamer_publish_h264_aac() {
     check_av_stream(&events, 90, 30, true);
 }
 
-#[tokio::test]
-async fn refused_publish_makes_ffmpeg_fail_and_forwards_nothing() {
-    let mut server = start_with(limits(), 16, Some("unknown stream key")).await;
-    let url = format!("rtmp://{}/live/bad-key", server.addr);
+/// `ffmpeg` publishing one second of 320x240 video encoded with `codec` as FLV to `url`.
+fn video_only_publisher(codec: &str, url: &str) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("ffmpeg");
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
         .args([
@@ -316,8 +314,16 @@ async fn refused_publish_makes_ffmpeg_fail_and_forwards_nothing() {
             "-t",
             "1",
         ])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-f", "flv"])
-        .arg(&url);
+        .args(["-c:v", codec, "-preset", "ultrafast", "-f", "flv"])
+        .arg(url);
+    cmd
+}
+
+#[tokio::test]
+async fn refused_publish_makes_ffmpeg_fail_and_forwards_nothing() {
+    let mut server = start_with(limits(), 16, Some("unknown stream key")).await;
+    let url = format!("rtmp://{}/live/bad-key", server.addr);
+    let cmd = video_only_publisher("libx264", &url);
     let out = run_tool(cmd).await;
     assert!(
         !out.status.success(),
@@ -578,18 +584,7 @@ async fn ffmpeg_hevc_publish_is_not_forwarded() {
     assert!(String::from_utf8_lossy(&encoders.stdout).contains("libx265"));
     let mut server = start(limits()).await;
     let url = format!("rtmp://{}/live/hevc", server.addr);
-    let mut cmd = tokio::process::Command::new("ffmpeg");
-    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x240:rate=30",
-            "-t",
-            "1",
-        ])
-        .args(["-c:v", "libx265", "-preset", "ultrafast", "-f", "flv"])
-        .arg(&url);
+    let cmd = video_only_publisher("libx265", &url);
     let out = run_tool(cmd).await;
     assert!(!out.status.success(), "an HEVC publish must not succeed");
     while let Ok(publish) = server.publishes.try_recv() {
