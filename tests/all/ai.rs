@@ -18,8 +18,8 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 pub(crate) const CLIENT_TOKEN: &str = "client-token-0123456789abcdef";
-const UPSCALE_MODEL: &str = "upscalerjs/default-model";
-const T2I_MODEL: &str = "test/t2i";
+pub(crate) const UPSCALE_MODEL: &str = "upscalerjs/default-model";
+pub(crate) const T2I_MODEL: &str = "test/t2i";
 
 fn onnxruntime() -> String {
     let configured = std::env::var("ORT_DYLIB_PATH")
@@ -34,7 +34,7 @@ fn onnxruntime() -> String {
     })
 }
 
-fn upscale_orchestrator(capacity: u32) -> Weir {
+pub(crate) fn upscale_orchestrator(capacity: u32) -> Weir {
     let config = format!(
         "[[orchestrator.models]]\npipeline = \"upscale\"\nmodel_id = \"{UPSCALE_MODEL}\"\nrunner = \"onnx\"\nmodel_path = \"{}\"\nonnxruntime = \"{}\"\ncapacity = {capacity}\n",
         artifact("models/upscale-2x.onnx").display(),
@@ -43,7 +43,7 @@ fn upscale_orchestrator(capacity: u32) -> Weir {
     Weir::start("orchestrator", &config, &[])
 }
 
-fn http_orchestrator(runner: &str, capacity: u32, timeout_secs: u64) -> Weir {
+pub(crate) fn http_orchestrator(runner: &str, capacity: u32, timeout_secs: u64) -> Weir {
     let config = format!(
         "[orchestrator]\nhealth_secs = 1\n[[orchestrator.models]]\npipeline = \"text-to-image\"\nmodel_id = \"{T2I_MODEL}\"\nrunner = \"http\"\nurl = \"{runner}\"\ncapacity = {capacity}\ntimeout_secs = {timeout_secs}\n"
     );
@@ -100,7 +100,7 @@ fn t2i(gw: &Weir, body: &Value) -> reqwest::blocking::Response {
 }
 
 /// Width and height from a PNG's IHDR chunk.
-fn png_size(data: &[u8]) -> (u32, u32) {
+pub(crate) fn png_size(data: &[u8]) -> (u32, u32) {
     assert_eq!(&data[1..4], b"PNG", "not a PNG");
     let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     (be(&data[16..20]), be(&data[20..24]))
@@ -191,15 +191,15 @@ impl Drop for TestServer {
 
 /// How the runner test server behaves.
 #[derive(Default)]
-struct RunnerState {
-    delay_ms: AtomicU64,
-    fail: std::sync::atomic::AtomicBool,
-    served: AtomicUsize,
+pub(crate) struct RunnerState {
+    pub(crate) delay_ms: AtomicU64,
+    pub(crate) fail: std::sync::atomic::AtomicBool,
+    pub(crate) served: AtomicUsize,
 }
 
 /// A runner speaking Livepeer's AI runner API for `/text-to-image`: it answers one image per
 /// requested image (a real PNG as a data URL) with the request's seed.
-fn runner_server(state: Arc<RunnerState>) -> TestServer {
+pub(crate) fn runner_server(state: Arc<RunnerState>) -> TestServer {
     let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
     let url = format!(
         "data:image/png;base64,{}",

@@ -8,6 +8,8 @@ mod cli;
 mod components;
 mod examples;
 mod hot_reload;
+mod jobs;
 mod live;
 mod node;
+mod s3;
 mod support;

@@ -290,6 +290,17 @@ impl Weir {
         prepare: impl FnOnce(&Path),
     ) -> Weir {
         let data = tempfile::tempdir().expect("tempdir");
+        Weir::start_in(role, config, args, data, prepare)
+    }
+
+    /// Start in an existing data directory (a restart after [`Weir::crash`] keeps its state).
+    pub fn start_in(
+        role: &str,
+        config: &str,
+        args: &[&str],
+        data: tempfile::TempDir,
+        prepare: impl FnOnce(&Path),
+    ) -> Weir {
         let components = data.path().join("components");
         std::fs::create_dir_all(&components).expect("mkdir");
         for name in ["default-router", "default-pricing"] {
@@ -324,6 +335,13 @@ impl Weir {
             ready: line,
             data,
         }
+    }
+
+    /// Kill the process now (SIGKILL: no shutdown code runs) and hand back its data directory.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.kill();
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.data, placeholder)
     }
 
     /// Kill the process now.

@@ -43,6 +43,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Live video.
     pub live: crate::live::LiveConfig,
+    /// Async generation jobs.
+    pub jobs: crate::jobs::JobsConfig,
+    /// Where the gateway keeps its files (job database and objects by default).
+    pub data_dir: PathBuf,
 }
 
 impl GatewayConfig {
@@ -109,6 +113,8 @@ mod tests {
             max_file_bytes: 1,
             max_body_bytes: 1,
             live: crate::live::LiveConfig::default(),
+            jobs: crate::jobs::JobsConfig::default(),
+            data_dir: PathBuf::new(),
         };
         c.max_prices
             .insert("upscale".into(), parse_price("10").expect("p"));

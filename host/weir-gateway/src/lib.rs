@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod jobs;
 pub mod live;
 pub mod payments;
 mod record;
@@ -25,5 +26,6 @@ pub mod openapi {
 }
 
 pub use config::{parse_price, GatewayConfig};
+pub use jobs::JobsConfig;
 pub use live::LiveConfig;
 pub use server::{Gateway, GatewayError, ORCHESTRATOR_HEADER};

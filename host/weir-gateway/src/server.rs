@@ -43,6 +43,9 @@ pub enum GatewayError {
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The jobs engine could not start.
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsError),
 }
 
 struct Metrics {
@@ -56,7 +59,8 @@ pub(crate) struct Inner {
     registry: Arc<Registry>,
     pub(crate) discovery: Arc<Discovery>,
     pub(crate) payments: GatewayPayments,
-    store: ResultStore,
+    pub(crate) store: ResultStore,
+    pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
     pub(crate) client: reqwest::Client,
     metrics: Metrics,
     pub(crate) streams: crate::live::Streams,
@@ -72,6 +76,20 @@ pub struct Gateway {
 pub(crate) struct Answer {
     pub content_type: String,
     pub body: Bytes,
+}
+
+/// An AI request served by an orchestrator.
+pub(crate) struct Served {
+    /// Who served it.
+    pub orchestrator: String,
+    /// The answer, media URLs rewritten to the gateway's own.
+    pub body: serde_json::Value,
+    /// What the gateway paid.
+    pub charge: u64,
+    /// Output units (pixels, samples…) the request was priced by.
+    pub units: u64,
+    /// The client asked for server-sent events.
+    pub stream: bool,
 }
 
 /// One orchestrator to try, with the terms it advertised.
@@ -174,6 +192,9 @@ impl Gateway {
         weir_media::profile::validate_ladder(&config.live.profiles)
             .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
         let streams = crate::live::Streams::new(config.live.clone(), metrics)?;
+        let jobs =
+            crate::jobs::Jobs::open(&config.jobs, &config.data_dir, &config.public_url, metrics)
+                .await?;
         tracing::info!(sender = %wallet.sender(), "gateway wallet");
         Ok(Gateway {
             inner: Arc::new(Inner {
@@ -182,6 +203,7 @@ impl Gateway {
                 registry,
                 discovery,
                 store,
+                jobs: Some(Arc::new(jobs)),
                 client,
                 metrics: Metrics {
                     requests,
@@ -211,8 +233,9 @@ impl Gateway {
             .inner
             .discovery
             .spawn_refresh(self.inner.config.refresh_interval);
+        let jobs = self.spawn_jobs();
         tokio::spawn(async move {
-            let _ = tokio::join!(janitor, refresh);
+            let _ = tokio::join!(janitor, refresh, futures_util::future::join_all(jobs));
         })
     }
 
@@ -225,6 +248,13 @@ impl Gateway {
     /// `/gateway/orchestrators`.
     pub fn router(&self) -> Router {
         let api = Router::new()
+            .route(
+                "/api/v1/generate",
+                post(crate::jobs::submit).get(crate::jobs::list),
+            )
+            .route("/api/v1/generate/{job}", get(crate::jobs::status))
+            .route("/api/v1/generate/{job}/cancel", post(crate::jobs::cancel))
+            .route("/api/v1/generate/{job}/events", get(crate::jobs::events))
             .route("/{capability}", post(ai))
             .route("/gateway/orchestrators", get(orchestrators))
             .layer(DefaultBodyLimit::max(self.inner.config.max_body_bytes))
@@ -250,6 +280,7 @@ impl Gateway {
             )
             .merge(push)
             .route("/results/{name}", get(result))
+            .route("/objects/{*key}", get(crate::jobs::object))
             .route("/openapi.json", get(openapi))
             .merge(api)
             .with_state(self.clone())
@@ -674,6 +705,31 @@ impl Gateway {
                             Attempt::Repriced(p)
                         }
                     }
+                    _ if message.contains("insufficient balance") => {
+                        // Same price and our ledger thinks the balance covers it: the
+                        // orchestrator lost a payment (a crash cut its request off). Lower our
+                        // belief to what it holds, never raise it, and pay the difference once.
+                        let held = message
+                            .split("holds ")
+                            .nth(1)
+                            .and_then(|r| r.split_whitespace().next())
+                            .and_then(|n| n.parse::<u64>().ok());
+                        match held {
+                            Some(held) => match inner
+                                .payments
+                                .ledger()
+                                .write_down(&choice.url, acct, held)
+                                .await
+                            {
+                                Ok(lost) => {
+                                    tracing::warn!(orchestrator = %choice.url, account = %acct, held, lost, "orchestrator holds less than our ledger; balance written down");
+                                    Attempt::Repriced(choice.price)
+                                }
+                                Err(e) => Attempt::Next(format!("{why} (ledger: {e})")),
+                            },
+                            None => Attempt::Next(why),
+                        }
+                    }
                     _ => {
                         // Same price, yet payment refused: do not pay more, do not trust it.
                         inner.discovery.suspend(
@@ -717,15 +773,37 @@ impl Gateway {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response, AiHttpError> {
-        let inner = &self.inner;
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let served = self.dispatch(capability, &content_type, body).await?;
+        let mut response = if served.stream {
+            sse(served.body)?
+        } else {
+            Json(served.body).into_response()
+        };
+        let h = response.headers_mut();
+        h.insert(CHARGE_HEADER, HeaderValue::from(served.charge));
+        if let Ok(v) = HeaderValue::from_str(&served.orchestrator) {
+            h.insert(ORCHESTRATOR_HEADER, v);
+        }
+        Ok(response)
+    }
+
+    /// Serve one AI request: validate it, choose orchestrators, pay and retry until one answers;
+    /// media in the answer are stored and their URLs rewritten to the gateway's own.
+    pub(crate) async fn dispatch(
+        &self,
+        capability: Capability,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Served, AiHttpError> {
+        let inner = &self.inner;
         let parsed = parse_request(
             capability,
-            Some(&content_type),
+            Some(content_type),
             body.clone(),
             inner.config.max_file_bytes,
         )
@@ -760,7 +838,7 @@ impl Gateway {
             .into();
         let (choice, body, charge, tried) = self
             .with_retries(&request_id, queue, |choice| {
-                let (parsed, content_type, body) = (&parsed, &content_type, &body);
+                let (parsed, body) = (&parsed, &body);
                 async move {
                     let timeout = self.inner.config.attempt_timeout;
                     self.attempt(&choice, parsed, units, content_type, body, timeout)
@@ -769,17 +847,13 @@ impl Gateway {
             })
             .await?;
         tracing::info!(request = %request_id, %capability, model = %choice.model, orchestrator = %choice.url, units, charge, attempts = tried, warm = choice.warm, "request served");
-        let mut response = if stream {
-            sse(body)?
-        } else {
-            Json(body).into_response()
-        };
-        let h = response.headers_mut();
-        h.insert(CHARGE_HEADER, HeaderValue::from(charge));
-        if let Ok(v) = HeaderValue::from_str(&choice.url) {
-            h.insert(ORCHESTRATOR_HEADER, v);
-        }
-        Ok(response)
+        Ok(Served {
+            orchestrator: choice.url,
+            body,
+            charge,
+            units,
+            stream,
+        })
     }
 
     /// Try `queue` in order with `attempt` until one serves the job: failed orchestrators are
@@ -1115,6 +1189,10 @@ async fn orchestrators(State(g): State<Gateway>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "orchestrators": g.inner.discovery.views() }))
 }
 
-async fn openapi() -> Response {
-    (StatusCode::OK, Json(crate::openapi::document())).into_response()
+async fn openapi(State(g): State<Gateway>) -> Response {
+    let mut doc = crate::openapi::document();
+    if let (Some(jobs), Some(paths)) = (g.inner.jobs.as_ref(), doc["paths"].as_object_mut()) {
+        paths.extend(crate::jobs::openapi_paths(jobs.catalog()));
+    }
+    (StatusCode::OK, Json(doc)).into_response()
 }

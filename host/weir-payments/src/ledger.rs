@@ -547,6 +547,45 @@ impl Ledger {
         Ok(())
     }
 
+    /// Lower what `party` holds for `capability` to `to` when the ledger believes more (the other
+    /// side lost a payment, e.g. one whose request a crash cut off). Never raises it. The
+    /// difference is recorded as a spend on model `(balance correction)`; returns it.
+    pub async fn write_down(
+        &self,
+        party: &str,
+        capability: &str,
+        to: u64,
+    ) -> Result<u64, LedgerError> {
+        let mut tx = self.write_tx().await?;
+        let held = balance_in(&mut tx, party, capability).await?;
+        if held <= to {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let lost = held - to;
+        sqlx::query("UPDATE balances SET balance = ? WHERE sender = ? AND capability = ?")
+            .bind(i64::try_from(to).unwrap_or(i64::MAX))
+            .bind(party)
+            .bind(capability)
+            .execute(&mut *tx)
+            .await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO entries (id, kind, party, capability, model, units, amount, state, created_ms, updated_ms)
+             VALUES (?, 'spend', ?, ?, '(balance correction)', 0, ?, 'applied', ?, ?)",
+        )
+        .bind(format!("correction-{:032x}", rand::random::<u128>()))
+        .bind(party)
+        .bind(capability)
+        .bind(i64::try_from(lost).unwrap_or(i64::MAX))
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(lost)
+    }
+
     /// Release every reservation older than `age` (after a crash, its job never finished).
     /// Returns how many were released.
     pub async fn release_stale(&self, age: Duration) -> Result<usize, LedgerError> {
@@ -586,6 +625,24 @@ mod tests {
             .await
             .expect("open");
         (ledger, dir)
+    }
+
+    #[tokio::test]
+    async fn a_balance_is_written_down_never_up() {
+        let (l, _dir) = ledger().await;
+        let (_, topup) = l
+            .reserve_with_topup("c1", "j1", "o", "cap", "m", 1, 100)
+            .await
+            .expect("reserve");
+        assert_eq!(topup, 100);
+        l.release("j1").await.expect("release");
+        assert_eq!(l.write_down("o", "cap", 500).await.expect("up"), 0);
+        assert_eq!(l.write_down("o", "cap", 30).await.expect("down"), 70);
+        let (_, topup) = l
+            .reserve_with_topup("c2", "j2", "o", "cap", "m", 1, 100)
+            .await
+            .expect("reserve");
+        assert_eq!(topup, 70, "the next payment makes up what was written off");
     }
 
     #[tokio::test]

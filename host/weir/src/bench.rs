@@ -35,6 +35,9 @@ pub enum BenchCmd {
     /// Latency and throughput added by the gateway hop against calling the orchestrator
     /// directly, and the ONNX upscaler against onnxruntime's Python package.
     Gateway(crate::bench_gateway::GatewayBench),
+    /// Durable job submits per second and their latency on SQLite and PostgreSQL against raw
+    /// `INSERT`s of the same rows.
+    Jobs(crate::bench_jobs::JobsArgs),
     /// Transcoding a 1080p30 source to the 240p30+360p30 ladder with Weir's transcoder against
     /// the `ffmpeg` CLI running the same graph; then live latency from RTMP publish to listed
     /// segment through a real node.
@@ -72,6 +75,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             candidates.max(1),
         ),
         BenchCmd::Gateway(args) => crate::bench_gateway::run(args),
+        BenchCmd::Jobs(args) => crate::bench_jobs::run(args),
         BenchCmd::Transcode {
             seconds,
             preset,

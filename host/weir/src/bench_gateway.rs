@@ -266,6 +266,8 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
         max_file_bytes: 1 << 20,
         max_body_bytes: 2 << 20,
         live: weir_gateway::LiveConfig::default(),
+        jobs: weir_gateway::JobsConfig::default(),
+        data_dir: data.path().to_owned(),
     };
     let gateway = weir_gateway::Gateway::new(
         gw_config,

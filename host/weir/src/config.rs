@@ -71,6 +71,8 @@ pub struct GatewaySection {
     /// Record every stream (source and renditions) under `<data_dir>/recordings`, served at
     /// `/recordings/{stream}/index.m3u8` (default false).
     pub record: Option<bool>,
+    /// Async generation jobs (`[gateway.jobs]`): database, storage, models, limits.
+    pub jobs: weir_gateway::JobsConfig,
 }
 
 /// `[orchestrator]`.

@@ -4,6 +4,7 @@
 mod api;
 mod bench;
 mod bench_gateway;
+mod bench_jobs;
 mod bench_live;
 mod bench_transcode;
 mod component_cmd;

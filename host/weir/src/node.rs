@@ -155,6 +155,8 @@ pub fn gateway_config(
                 .then(|| config.data_dir.join("recordings")),
             ..weir_gateway::LiveConfig::default()
         },
+        jobs: g.jobs.clone(),
+        data_dir: config.data_dir.clone(),
     })
 }
 
