@@ -541,14 +541,20 @@ impl Gateway {
         jobs.running.lock().insert(job.id.clone(), cancel.clone());
         let started = Instant::now();
         let timeout = Duration::from_millis(u64::try_from(job.timeout_ms).unwrap_or(600_000));
-        let mut run = Box::pin(tokio::time::timeout(timeout, self.execute(jobs, &job)));
+        // What the next heartbeat reports: 10 once dispatched, 90 once the answer is in.
+        let progress = std::sync::atomic::AtomicU8::new(10);
+        let mut run = Box::pin(tokio::time::timeout(
+            timeout,
+            self.execute(jobs, &job, &progress),
+        ));
         let beat = jobs.lease() / 3;
         let outcome = loop {
             tokio::select! {
                 r = &mut run => break Some(r.unwrap_or_else(|_| Err(RunError::Permanent(format!("the job ran past its {} s deadline", timeout.as_secs()))))),
                 () = cancel.notified() => break None,
                 () = tokio::time::sleep(beat) => {
-                    match jobs.store.heartbeat(&job.id, &jobs.worker, now_ms(), jobs.lease(), 10).await {
+                    let done = progress.load(std::sync::atomic::Ordering::Relaxed);
+                    match jobs.store.heartbeat(&job.id, &jobs.worker, now_ms(), jobs.lease(), done).await {
                         Ok(Lease::Held { cancel: false }) => {}
                         Ok(Lease::Held { cancel: true }) => break None,
                         Ok(Lease::Lost) => {
@@ -700,7 +706,12 @@ impl Gateway {
 
     /// One run: build the AI request from the stored parameters and inputs, dispatch it like a
     /// synchronous request (selection, payment, retries), store the output.
-    async fn execute(&self, jobs: &Jobs, job: &Job) -> Result<Completion, RunError> {
+    async fn execute(
+        &self,
+        jobs: &Jobs,
+        job: &Job,
+        progress: &std::sync::atomic::AtomicU8,
+    ) -> Result<Completion, RunError> {
         let Some((spec, kind)) = jobs.catalog.get(&job.model) else {
             return Err(RunError::Permanent(format!(
                 "model `{}` is no longer configured",
@@ -728,10 +739,7 @@ impl Gateway {
                 }
             })?;
         let gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let _ = jobs
-            .store
-            .heartbeat(&job.id, &jobs.worker, now_ms(), jobs.lease(), 90)
-            .await;
+        progress.store(90, std::sync::atomic::Ordering::Relaxed);
         let result = self.job_result(jobs, kind, &served.body).await?;
         let ttl =
             i64::try_from(jobs.config.result_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
