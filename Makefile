@@ -22,12 +22,12 @@ UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 # Found when a recipe runs (not when make starts: the venv may be created by this very run).
 ORT_ENV = ORT_DYLIB_PATH="$$(ls $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* | head -n 1)"
 
-GUESTS        := default-router default-pricing
+GUESTS        := default-router default-pricing live-scale
 TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline ladder-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
 
-.PHONY: help run test test-db test-unit lint fmt tools guests examples test-programs models artifacts bench clean
+.PHONY: help run test test-interop test-db test-unit lint fmt tools guests examples test-programs models artifacts bench clean
 
 help:
 	@echo "make run    start a gateway+orchestrator node on $(HTTP_ADDR) with the default components"
@@ -110,10 +110,14 @@ $(BUILD)/components/%.toml: guests/$$*/$$*.toml
 	cp $< $@
 
 ## Examples in other languages: build/examples/NAME.{wasm,toml}
-examples: $(BUILD)/examples/pricing-surge-js.wasm $(BUILD)/examples/router-region-py.wasm
+examples: $(BUILD)/examples/pricing-surge-js.wasm $(BUILD)/examples/router-region-py.wasm \
+	$(BUILD)/examples/pipeline-fps-js.wasm
 
 $(BUILD)/examples/pricing-surge-js.wasm: $(TOOLS)/.node $(WIT) $(wildcard examples/pricing-surge-js/*) $(wildcard sdk/js/*)
 	examples/pricing-surge-js/build.sh $(BUILD)/examples
+
+$(BUILD)/examples/pipeline-fps-js.wasm: $(TOOLS)/.node $(WIT) $(wildcard examples/pipeline-fps-js/*) $(wildcard sdk/js/*)
+	examples/pipeline-fps-js/build.sh $(BUILD)/examples
 
 $(BUILD)/examples/router-region-py.wasm: $(TOOLS)/.py $(WIT) $(wildcard examples/router-region-py/*.py examples/router-region-py/*.toml examples/router-region-py/*.sh) $(wildcard sdk/python/*)
 	examples/router-region-py/build.sh $(BUILD)/examples
@@ -150,8 +154,17 @@ PG_ADMIN     ?= postgres://postgres@127.0.0.1:5432
 PG_TEST_DB   := weir_test
 
 test: tools artifacts lint test-db
-	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies
+	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies -p live-scale
 	$(ORT_ENV) WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed cargo test --workspace
+
+# Interop with third-party clients too heavy for every CI run: a pytrickle worker (pulls in
+# PyTorch, ~6 GB) registering with and serving a stream through a real orchestrator.
+PYTRICKLE_VENV := $(TOOLS)/pytrickle
+
+test-interop: tools artifacts
+	examples/byoc-worker-py/setup.sh $(PYTRICKLE_VENV) > /dev/null
+	$(ORT_ENV) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_PYTRICKLE_PYTHON=$(CURDIR)/$(PYTRICKLE_VENV)/bin/python \
+		cargo test --test all -- --ignored --nocapture pytrickle
 
 test-db:
 	@psql "$(PG_ADMIN)/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$(PG_TEST_DB)'" | grep -q 1 \
@@ -171,6 +184,7 @@ bench: tools guests examples models
 	$(ORT_ENV) ./target/release/weir bench gateway --components $(BUILD)/components --model $(BUILD)/models/upscale-2x.onnx
 	./target/release/weir bench transcode
 	./target/release/weir bench jobs
+	./target/release/weir bench trickle
 
 clean:
 	rm -rf $(BUILD) target guests/target tests/programs/target

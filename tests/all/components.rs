@@ -5,15 +5,30 @@ use weir_runtime::{CallFailure, GuestError, Manifest, RuntimeError, StreamInfo, 
 
 use crate::support::*;
 
-fn misbehaving(extra: &str) -> String {
+/// The deadline of the misbehaving component in tests that are not about timeouts: long
+/// enough that a loaded machine never turns a memory or trap failure into a timeout.
+const GENEROUS_TIMEOUT_MS: u64 = 10_000;
+
+fn misbehaving(timeout_ms: u64, extra: &str) -> String {
     manifest(
         "misbehaving",
         "router",
-        &format!("[limits]\ntimeout_ms = 50\nmemory_mib = 16\npool_size = 2\n{extra}"),
+        &format!("[limits]\ntimeout_ms = {timeout_ms}\nmemory_mib = 16\npool_size = 2\n{extra}"),
     )
 }
 
 fn load_misbehaving(
+    extra: &str,
+) -> (
+    std::sync::Arc<weir_runtime::Registry>,
+    tempfile::TempDir,
+    prometheus::Registry,
+) {
+    load_misbehaving_with(GENEROUS_TIMEOUT_MS, extra)
+}
+
+fn load_misbehaving_with(
+    timeout_ms: u64,
     extra: &str,
 ) -> (
     std::sync::Arc<weir_runtime::Registry>,
@@ -25,7 +40,7 @@ fn load_misbehaving(
         dir.path(),
         "misbehaving",
         &artifact("test-programs/misbehaving-router.wasm"),
-        &misbehaving(extra),
+        &misbehaving(timeout_ms, extra),
     );
     registry.load("misbehaving").expect("loads");
     (registry, dir, metrics)
@@ -50,11 +65,11 @@ fn select_mode(registry: &weir_runtime::Registry, mode: &str) -> Result<Vec<u32>
 
 #[test]
 fn a_guest_that_loops_forever_times_out_and_the_host_keeps_serving() {
-    let (registry, _dir, metrics) = load_misbehaving("");
+    let (registry, _dir, metrics) = load_misbehaving_with(500, "");
     let err = select_mode(&registry, "loop").unwrap_err();
     assert!(matches!(
         failure(err),
-        CallFailure::Timeout { timeout_ms: 50 }
+        CallFailure::Timeout { timeout_ms: 500 }
     ));
     assert_eq!(
         select_mode(&registry, "ok").expect("serves after a timeout"),

@@ -9,6 +9,9 @@ use crate::support::*;
 
 const PRICE_LINE: &str = "\"price.text-to-image\" = \"4768371/1000000\"";
 
+/// The shipped deadline of the default pricing component.
+const SHIPPED_TIMEOUT: &str = "timeout_ms = 50";
+
 fn priced(base: &str, ppu: u64) -> String {
     assert!(
         base.contains(PRICE_LINE),
@@ -18,6 +21,16 @@ fn priced(base: &str, ppu: u64) -> String {
         PRICE_LINE,
         &format!("\"price.text-to-image\" = \"{ppu}/1000000\""),
     )
+}
+
+/// The default pricing manifest with a deadline that a machine busy compiling the swapped-in
+/// code cannot hit: the test is about atomic swaps, not about speed.
+fn unhurried(base: &str) -> String {
+    assert!(
+        base.contains(SHIPPED_TIMEOUT),
+        "the default pricing manifest changed"
+    );
+    base.replace(SHIPPED_TIMEOUT, "timeout_ms = 10000")
 }
 
 /// Replace a file atomically, as deploy tools do.
@@ -30,8 +43,13 @@ fn land(dir: &std::path::Path, name: &str, text: &str) {
 #[test]
 fn swapping_code_and_config_under_load_fails_no_call() {
     let (registry, dir, _m) = registry();
-    let base = built_manifest("components/default-pricing.toml");
-    place_default(dir.path(), "default-pricing");
+    let base = unhurried(&built_manifest("components/default-pricing.toml"));
+    place(
+        dir.path(),
+        "default-pricing",
+        &artifact("components/default-pricing.wasm"),
+        &base,
+    );
     std::fs::copy(
         artifact("examples/pricing-surge-js.wasm"),
         dir.path().join("surge.wasm"),
@@ -76,7 +94,7 @@ fn swapping_code_and_config_under_load_fails_no_call() {
     // Code swap: the same name now runs the JavaScript surge policy (base 1000 at low load);
     // its compilation happens off the hot path while the Rust version keeps answering.
     let js = "name = \"default-pricing\"\nworld = \"pricing\"\nversion = \"2.0.0\"\nwasm = \"surge.wasm\"\n\
-              [limits]\ntimeout_ms = 1000\nmemory_mib = 128\n[config]\nbase_price_per_unit = \"1000\"\n";
+              [limits]\ntimeout_ms = 10000\nmemory_mib = 128\n[config]\nbase_price_per_unit = \"1000\"\n";
     land(dir.path(), "default-pricing.toml", js);
     let swapped = eventually(Duration::from_secs(60), || {
         let c = registry.get("default-pricing").ok()?;

@@ -642,22 +642,11 @@ fn a_pipeline_component_reuses_the_host_transcoder() {
 }
 
 fn publish(rtmp: &str, key: &str, seconds: u32) {
-    run(Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
-        .args([
-            "-t",
-            &seconds.to_string(),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-        ])
-        .args([
-            "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv",
-        ])
-        .arg(format!("{rtmp}/live/{key}")));
+    run(&mut ffmpeg_publish(
+        &format!("{rtmp}/live/{key}"),
+        seconds,
+        false,
+    ));
 }
 
 #[test]

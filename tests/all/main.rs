@@ -4,6 +4,7 @@
 //! `<repo>/build`) and start the real `weir` binary on port 0.
 
 mod ai;
+mod byoc;
 mod cli;
 mod components;
 mod examples;

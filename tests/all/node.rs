@@ -216,7 +216,7 @@ fn a_call_that_misbehaves_maps_to_a_clear_http_error() {
     let m = manifest(
         "misbehaving",
         "router",
-        "[limits]\ntimeout_ms = 50\nmemory_mib = 16",
+        "[limits]\ntimeout_ms = 1000\nmemory_mib = 16",
     );
     assert_eq!(upload(&node, "misbehaving", &m, wasm).0, 201);
     let body = |mode: &str| json!({"request": {"id": format!("mode:{mode}")}});

@@ -400,3 +400,21 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .expect("client")
 }
+
+/// `ffmpeg` publishing a 640x360 test pattern with a 1 kHz tone as FLV to `url` for `seconds`,
+/// in real time (`-re`) when `realtime`.
+pub fn ffmpeg_publish(url: &str, seconds: u32, realtime: bool) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"]);
+    if realtime {
+        cmd.arg("-re");
+    }
+    cmd.args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-g", "30"])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv"])
+        .arg(url)
+        .stdin(Stdio::null());
+    cmd
+}

@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub live: crate::live::LiveConfig,
     /// Async generation jobs.
     pub jobs: crate::jobs::JobsConfig,
+    /// Live AI streams.
+    pub streams: crate::ai_streams::StreamsConfig,
     /// Where the gateway keeps its files (job database and objects by default).
     pub data_dir: PathBuf,
 }
@@ -96,6 +98,7 @@ mod tests {
         assert!(parse_price("5/0").is_err());
         assert!(parse_price("x").is_err());
         let mut c = GatewayConfig {
+            streams: Default::default(),
             orchestrators: vec![],
             orch_webhook_url: None,
             refresh_interval: Duration::from_secs(1),

@@ -10,7 +10,14 @@
 //!
 //! Live video ([`live`]): RTMP and HTTP-pushed segments are transcoded on orchestrators the
 //! same way (chosen, paid per output pixel, retried) and served as HLS.
+//!
+//! Bring-your-own-compute: batch jobs (`POST /process/request/{route}`) go to orchestrators
+//! offering the capability like AI requests, paid per second; live AI streams
+//! (`POST /process/stream/start`, `POST /live/video-to-video/{stream}/start`) run on one
+//! orchestrator at a time over trickle channels, paid ahead per interval, moved when it fails.
 
+mod ai_streams;
+mod byoc;
 pub mod config;
 pub mod discovery;
 pub mod jobs;
@@ -25,6 +32,7 @@ pub mod openapi {
     pub use weir_protocol::openapi::document;
 }
 
+pub use ai_streams::StreamsConfig;
 pub use config::{parse_price, GatewayConfig};
 pub use jobs::JobsConfig;
 pub use live::LiveConfig;

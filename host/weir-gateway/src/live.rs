@@ -203,11 +203,14 @@ impl StreamState {
 pub(crate) struct LiveStream {
     id: String,
     profiles: Vec<Profile>,
+    /// The HLS output of a live AI stream: those are limited by `[gateway.streams]
+    /// max_streams`, not by this gateway's `max_sessions` of transcoded streams.
+    ai_output: bool,
     state: Mutex<StreamState>,
 }
 
 impl LiveStream {
-    fn new(id: &str, profiles: Vec<Profile>, config: &LiveConfig) -> LiveStream {
+    fn new(id: &str, profiles: Vec<Profile>, ai_output: bool, config: &LiveConfig) -> LiveStream {
         let renditions = profiles
             .iter()
             .map(|p| {
@@ -220,6 +223,7 @@ impl LiveStream {
         LiveStream {
             id: id.to_owned(),
             profiles,
+            ai_output,
             state: Mutex::new(StreamState {
                 generation: 0,
                 source: Track::new("source", config, 0),
@@ -389,11 +393,13 @@ impl Gateway {
     }
 
     /// The stream `id`, made (or revived) for a new publish: its generation for this publish.
+    /// `ai_output` streams are the HLS output of live AI streams, which are not sessions.
     fn open_stream(
         &self,
         id: &str,
         profiles: Vec<Profile>,
         connected: bool,
+        ai_output: bool,
     ) -> Result<(Arc<LiveStream>, u64), String> {
         let streams = self.streams();
         // Checked and taken under one lock: two publishes cannot both take the last session.
@@ -401,8 +407,8 @@ impl Gateway {
             let mut map = streams.map.lock();
             let is_live = |s: &Arc<LiveStream>| s.state.lock().ended_at.is_none();
             let existing = map.get(id).cloned();
-            if existing.as_ref().is_none_or(|s| !is_live(s)) {
-                let active = map.values().filter(|s| is_live(s)).count();
+            if !ai_output && existing.as_ref().is_none_or(|s| !is_live(s)) {
+                let active = map.values().filter(|s| !s.ai_output && is_live(s)).count();
                 if active >= streams.config.max_sessions {
                     return Err(format!(
                         "no sessions available: {active} streams are live (max_sessions)"
@@ -413,7 +419,7 @@ impl Gateway {
                 // Same ladder: continue the playlists (a reconnect, or a pushed stream).
                 Some(s) if s.profiles == profiles => s,
                 _ => {
-                    let s = Arc::new(LiveStream::new(id, profiles, &streams.config));
+                    let s = Arc::new(LiveStream::new(id, profiles, ai_output, &streams.config));
                     map.insert(id.to_owned(), s.clone());
                     s
                 }
@@ -660,6 +666,67 @@ impl Gateway {
         }
     }
 
+    /// The HLS stream showing AI stream `id`'s output, opened (or continued after the stream
+    /// moved, with a discontinuity) for a new session: its generation.
+    pub(crate) fn open_ai_output(&self, id: &str) -> Option<(Arc<LiveStream>, u64)> {
+        match self.open_stream(id, Vec::new(), true, true) {
+            Ok(opened) => Some(opened),
+            Err(e) => {
+                tracing::warn!(stream = %id, error = %e, "the AI stream's output is not served as HLS");
+                None
+            }
+        }
+    }
+
+    /// List one output segment of an AI stream in its HLS playlists.
+    pub(crate) async fn list_ai_output(&self, stream: &LiveStream, generation: u64, data: Bytes) {
+        let probe_data = data.clone();
+        let target = self.streams().config.segment;
+        let duration = tokio::task::spawn_blocking(move || {
+            weir_media::transcode::probe(&probe_data).map(|i| i.duration_ms)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .filter(|ms| *ms > 0)
+        .map_or(target, Duration::from_millis);
+        let (at, discontinuity) = {
+            let mut st = stream.state.lock();
+            if st.generation != generation {
+                return;
+            }
+            st.last_active = Instant::now();
+            st.next_seq += 1;
+            let now = SystemTime::now();
+            (
+                now.checked_sub(duration).unwrap_or(now),
+                std::mem::take(&mut st.discontinuity),
+            )
+        };
+        let fmp4 = self.package(vec![data.clone()]).await.pop().flatten();
+        {
+            let mut st = stream.state.lock();
+            if st.generation != generation {
+                return;
+            }
+            st.source
+                .push(duration, at, discontinuity, data.clone(), fmp4);
+        }
+        self.record(
+            &stream.id,
+            vec![("source".to_owned(), duration, data)],
+            discontinuity,
+        );
+    }
+
+    /// The AI stream `id` ended: end its HLS playlists.
+    pub(crate) fn end_ai_output(&self, id: &str) {
+        if let Some(s) = self.streams().get(id) {
+            let generation = s.state.lock().generation;
+            self.end_stream(&s, generation);
+        }
+    }
+
     /// Append segments to the stream's recording, when streams are recorded (written in the
     /// background, in the order asked).
     fn record(&self, stream: &str, segments: Vec<(String, Duration, Bytes)>, discontinuity: bool) {
@@ -800,11 +867,15 @@ impl PublishHandler for Gateway {
     ) -> Pin<Box<dyn Future<Output = Result<mpsc::Sender<IngestEvent>, String>> + Send>> {
         let g = self.clone();
         Box::pin(async move {
+            if let Some(tx) = g.ai_ingest(&key) {
+                tracing::info!(%peer, "RTMP publish of a live AI stream accepted");
+                return Ok(tx);
+            }
             let public = &g.inner.config.public_url;
             let host = public.split_once("://").map_or(public.as_str(), |(_, h)| h);
             let url = format!("rtmp://{host}/{app}/{key}");
             let (id, profiles) = g.authorize_stream(&url, &key).await?;
-            let (stream, generation) = g.open_stream(&id, profiles, true)?;
+            let (stream, generation) = g.open_stream(&id, profiles, true, false)?;
             tracing::info!(stream = %id, %peer, generation, "RTMP publish accepted");
             let (tx, rx) = mpsc::channel(1024);
             tokio::spawn(g.clone().run_ingest(stream, generation, rx));
@@ -888,7 +959,7 @@ async fn push_segment(
                 .authorize_stream(&url, stream_key)
                 .await
                 .map_err(|e| err(403, e))?;
-            g.open_stream(&id, profiles, false)
+            g.open_stream(&id, profiles, false, false)
                 .map_err(|e| err(503, e))?
         }
     };

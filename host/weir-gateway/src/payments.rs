@@ -71,6 +71,13 @@ impl GatewayPayments {
         self.wallet.sender()
     }
 
+    /// A signed payment of nothing: proves to an orchestrator who is asking (stream updates,
+    /// stops) without moving money.
+    pub fn authenticate(&self, account: &str, price: UnitPrice) -> String {
+        let id = format!("auth-{:032x}", rand::random::<u128>());
+        self.wallet.pay(&id, account, 0, price)
+    }
+
     /// Reserve the cost of `units` at `price` with `orchestrator` and sign what must be paid.
     pub async fn prepare(
         &self,

@@ -64,6 +64,7 @@ pub(crate) struct Inner {
     pub(crate) client: reqwest::Client,
     metrics: Metrics,
     pub(crate) streams: crate::live::Streams,
+    pub(crate) ai_streams: crate::ai_streams::AiStreams,
 }
 
 /// A running gateway; cheap to clone.
@@ -76,6 +77,8 @@ pub struct Gateway {
 pub(crate) struct Answer {
     pub content_type: String,
     pub body: Bytes,
+    /// The sender's balance the orchestrator reported.
+    pub balance: Option<u64>,
 }
 
 /// An AI request served by an orchestrator.
@@ -211,6 +214,7 @@ impl Gateway {
                     router_failures,
                 },
                 streams,
+                ai_streams: Default::default(),
             }),
         })
     }
@@ -257,6 +261,33 @@ impl Gateway {
             .route("/api/v1/generate/{job}/events", get(crate::jobs::events))
             .route("/{capability}", post(ai))
             .route("/gateway/orchestrators", get(orchestrators))
+            .route(
+                "/process/request/{*route}",
+                post(crate::byoc::process_request),
+            )
+            .route("/process/stream/start", post(crate::ai_streams::start))
+            .route(
+                "/process/stream/{id}/update",
+                post(crate::ai_streams::update),
+            )
+            .route(
+                "/process/stream/{id}/status",
+                get(crate::ai_streams::status),
+            )
+            .route("/process/stream/{id}/stop", post(crate::ai_streams::stop))
+            .route("/process/stream/{id}/data", get(crate::ai_streams::data))
+            .route(
+                "/live/video-to-video/{stream}/start",
+                post(crate::ai_streams::live_start),
+            )
+            .route(
+                "/live/video-to-video/{id}/update",
+                post(crate::ai_streams::update),
+            )
+            .route(
+                "/live/video-to-video/{id}/status",
+                get(crate::ai_streams::status),
+            )
             .layer(DefaultBodyLimit::max(self.inner.config.max_body_bytes))
             .layer(middleware::from_fn_with_state(self.clone(), require_client));
         let push = Router::new()
@@ -571,9 +602,32 @@ impl Gateway {
         F: FnOnce(Answer) -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
+        let started = Instant::now();
+        match self
+            .send_paid(choice, cap, pending, request, timeout, started)
+            .await
+        {
+            Ok(response) => {
+                self.receive(choice, pending, response, started, accept)
+                    .await
+            }
+            Err(attempt) => attempt,
+        }
+    }
+
+    /// Send `request` with `pending`'s payment. A transport failure or a refusal comes back as
+    /// the attempt to return, the payment already taken back and the orchestrator recorded.
+    pub(crate) async fn send_paid<T>(
+        &self,
+        choice: &Choice,
+        cap: &str,
+        pending: &crate::payments::Pending,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+        started: Instant,
+    ) -> Result<reqwest::Response, Attempt<T>> {
         let inner = &self.inner;
         let acct = pending.account.as_str();
-        let started = Instant::now();
         let sent = request
             .header(PAYMENT_HEADER, pending.header.as_str())
             .timeout(timeout)
@@ -583,10 +637,43 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 inner.payments.abandon(pending).await;
-                return self.unreachable(choice, acct, &e, timeout, started.elapsed());
+                return Err(self.unreachable(choice, acct, &e, timeout, started.elapsed()));
             }
         };
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        inner.payments.abandon(pending).await;
+        let message = error_message(read_capped(response).await.ok(), status);
+        Err(self
+            .refused(
+                choice,
+                cap,
+                acct,
+                status.as_u16(),
+                message,
+                started.elapsed(),
+            )
+            .await)
+    }
+
+    /// Read a successful answer, `accept` it, and settle `pending`: an answer that cannot be
+    /// read or is not accepted moves on to the next orchestrator.
+    pub(crate) async fn receive<T, F, Fut>(
+        &self,
+        choice: &Choice,
+        pending: &crate::payments::Pending,
+        response: reqwest::Response,
+        started: Instant,
+        accept: F,
+    ) -> Attempt<T>
+    where
+        F: FnOnce(Answer) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
+        let inner = &self.inner;
+        let acct = pending.account.as_str();
         let header = |name: &str| {
             response
                 .headers()
@@ -598,22 +685,15 @@ impl Gateway {
         let (charge, balance) = (number(CHARGE_HEADER), number(BALANCE_HEADER));
         let content_type = header(header::CONTENT_TYPE.as_str()).unwrap_or_default();
         let body = read_capped(response).await;
-        if !status.is_success() {
-            inner.payments.abandon(pending).await;
-            let message = error_message(body.ok(), status);
-            return self
-                .refused(
-                    choice,
-                    cap,
-                    acct,
-                    status.as_u16(),
-                    message,
-                    started.elapsed(),
-                )
-                .await;
-        }
         let accepted = match body {
-            Ok(body) => accept(Answer { content_type, body }).await,
+            Ok(body) => {
+                accept(Answer {
+                    content_type,
+                    body,
+                    balance,
+                })
+                .await
+            }
             Err(e) => Err(e),
         };
         match accepted {

@@ -120,6 +120,8 @@ pub struct VideoInfo {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// Average frame rate as numerator and denominator, when the container says.
+    pub fps: Option<(u32, u32)>,
 }
 
 /// What [`probe`] found in a segment.
@@ -342,10 +344,19 @@ pub fn probe(segment: &[u8]) -> Result<SegmentInfo, TranscodeError> {
                 "video stream has no dimensions".into(),
             ));
         }
+        let rate = vst.avg_frame_rate();
+        let fps = match (
+            u32::try_from(rate.numerator()),
+            u32::try_from(rate.denominator()),
+        ) {
+            (Ok(n), Ok(d)) if n > 0 && d > 0 => Some((n, d)),
+            _ => None,
+        };
         video = Some(VideoInfo {
             codec: name,
             width: dec.width(),
             height: dec.height(),
+            fps,
         });
     }
     let timed = v_index.or(a_index);

@@ -114,6 +114,10 @@ pub struct OrchestratorConfig {
     pub health_interval: Duration,
     /// Live transcoding.
     pub transcode: crate::transcode::TranscodeConfig,
+    /// Bring-your-own-compute capabilities and streams.
+    pub byoc: crate::byoc::ByocConfig,
+    /// The trickle channels of streams.
+    pub trickle: weir_trickle::TrickleConfig,
 }
 
 #[cfg(test)]

@@ -11,12 +11,21 @@
 //!
 //! Live transcoding (`POST /transcode`, [`transcode`]) follows the same payment steps per
 //! MPEG-TS segment, billed per output pixel.
+//!
+//! Bring-your-own-compute ([`byoc`]): external workers register capabilities at run time and
+//! `pipeline` components are configured as capabilities; batch jobs arrive at
+//! `POST /process/request/{route}`, live streams at `POST /ai/stream/start` (and Livepeer's
+//! `POST /live-video-to-video`), their media on authenticated trickle channels served here
+//! under `/ai/trickle/`, their balances debited per second of stream time.
 
+pub mod byoc;
 pub mod config;
 pub mod runners;
 mod server;
+mod streams;
 pub mod transcode;
 
+pub use byoc::{ByocConfig, PipelineEntry};
 pub use config::{ModelEntry, OrchestratorConfig, RunnerSpec};
 pub use server::{Orchestrator, OrchestratorError};
 pub use transcode::{GuestMedia, TranscodeConfig};

@@ -25,8 +25,10 @@ use weir_protocol::info::{
 use weir_protocol::{AiHttpError, Capability};
 use weir_runtime::{Price, QuoteContext, Registry, Role, WorldKind};
 
+use crate::byoc::{self, Capabilities};
 use crate::config::OrchestratorConfig;
 use crate::runners;
+use crate::streams::{self, StreamTable};
 use crate::transcode::{self as live, TranscodeSlot};
 
 /// Why the orchestrator could not start.
@@ -68,6 +70,11 @@ struct Inner {
     models: Vec<ModelSlot>,
     transcode: Option<TranscodeSlot>,
     metrics: Metrics,
+    byoc: Capabilities,
+    trickle: weir_trickle::TrickleServer,
+    streams: StreamTable,
+    /// Random per process: keeps ids made from counters unique across restarts.
+    boot_id: String,
 }
 
 /// A running orchestrator; cheap to clone.
@@ -229,6 +236,9 @@ impl Orchestrator {
         )?;
         metrics.register(Box::new(jobs.clone()))?;
         metrics.register(Box::new(seconds.clone()))?;
+        let byoc =
+            Capabilities::new(config.byoc.clone(), &registry).map_err(OrchestratorError::Config)?;
+        let trickle = weir_trickle::TrickleServer::new(config.trickle.clone(), metrics)?;
         Ok(Orchestrator {
             inner: Arc::new(Inner {
                 config,
@@ -237,6 +247,10 @@ impl Orchestrator {
                 models,
                 transcode,
                 metrics: Metrics { jobs, seconds },
+                byoc,
+                trickle,
+                streams: StreamTable::default(),
+                boot_id: format!("{:08x}", rand::random::<u32>()),
             }),
         })
     }
@@ -244,6 +258,31 @@ impl Orchestrator {
     /// The ledger of sender balances.
     pub fn ledger(&self) -> &Ledger {
         &self.inner.ledger
+    }
+
+    pub(crate) fn byoc(&self) -> &Capabilities {
+        &self.inner.byoc
+    }
+
+    /// The trickle server of this orchestrator's streams.
+    pub fn trickle(&self) -> &weir_trickle::TrickleServer {
+        &self.inner.trickle
+    }
+
+    pub(crate) fn streams(&self) -> &StreamTable {
+        &self.inner.streams
+    }
+
+    pub(crate) fn service_url(&self) -> &str {
+        &self.inner.config.service_url
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    pub(crate) fn boot_id(&self) -> &str {
+        &self.inner.boot_id
     }
 
     pub(crate) fn transcode_slot(&self) -> Option<&TranscodeSlot> {
@@ -262,14 +301,34 @@ impl Orchestrator {
         self.inner.config.max_payment_skew
     }
 
-    /// The HTTP routes: `GET /info`, `POST /transcode` and `POST /{capability}`.
+    /// The HTTP routes: `GET /info`, `POST /transcode`, `POST /{capability}`, BYOC
+    /// (`/capability/*`, `/process/request/*`, `/ai/stream/*`, `/live-video-to-video`) and the
+    /// trickle channels (`/ai/trickle/*`, streamed, with their own limits).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/info", get(info))
             .route("/transcode", post(live::handle))
+            .route("/capability/register", post(byoc::register))
+            .route("/capability/unregister", post(byoc::unregister))
+            .route("/process/request/{*route}", post(byoc::process_request))
+            .route("/ai/stream/start", post(streams::start))
+            .route("/ai/stream/update", post(streams::update))
+            .route("/ai/stream/stop", post(streams::stop))
+            .route("/ai/stream/payment", post(streams::top_up))
+            .route("/ai/stream/{id}/status", get(streams::status))
+            .route("/live-video-to-video", post(streams::live_video_to_video))
             .route("/{capability}", post(job))
             .layer(DefaultBodyLimit::max(self.inner.config.max_body_bytes))
             .with_state(self.clone())
+            .merge(self.inner.trickle.router())
+    }
+
+    /// BYOC worker health checks and the trickle channel sweeper.
+    pub fn spawn_byoc_tasks(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            byoc::spawn_health_checks(self.clone()),
+            self.inner.trickle.spawn_sweeper(),
+        ]
     }
 
     /// Check every runner's health periodically, keeping the warm flags current.
@@ -455,6 +514,7 @@ impl Orchestrator {
                 }
             }
         }
+        models.extend(self.inner.byoc.info());
         OrchestratorInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             service_url: self.inner.config.service_url.clone(),

@@ -353,9 +353,9 @@ impl weir_runtime::MediaSource for GuestMedia {
             codec: video.codec,
             width: video.width,
             height: video.height,
-            // The probe does not read the frame rate: 0/1 says unknown.
-            fps_num: 0,
-            fps_den: 1,
+            // 0/1 says unknown.
+            fps_num: video.fps.map_or(0, |f| f.0),
+            fps_den: video.fps.map_or(1, |f| f.1),
         })
     }
 
@@ -364,22 +364,30 @@ impl weir_runtime::MediaSource for GuestMedia {
         segment: &weir_runtime::media::Segment,
         renditions: &[weir_runtime::bindings::transcode::Rendition],
     ) -> Result<Vec<weir_runtime::media::Segment>, weir_runtime::GuestError> {
+        // Frame rate 0 keeps the source's (30 when the source does not say).
+        let source_fps = if renditions.iter().any(|r| r.fps_num == 0) {
+            weir_media::transcode::probe(&segment.data)
+                .map_err(guest_error)?
+                .video
+                .and_then(|v| v.fps)
+                .unwrap_or((30, 1))
+        } else {
+            (30, 1)
+        };
         let profiles = renditions
             .iter()
             .map(|r| {
-                if r.fps_num == 0 {
-                    return Err(guest_error(format!(
-                        "rendition {}: keeping the source frame rate (fps-num 0) is not supported yet; give a frame rate",
-                        r.name
-                    )));
-                }
+                let (fps, fps_den) = match r.fps_num {
+                    0 => source_fps,
+                    n => (n, r.fps_den.max(1)),
+                };
                 Ok(Profile {
                     name: r.name.clone(),
                     width: r.width,
                     height: r.height,
                     bitrate: u64::from(r.bitrate),
-                    fps: r.fps_num,
-                    fps_den: r.fps_den.max(1),
+                    fps,
+                    fps_den,
                     profile: weir_media::profile::H264Profile::None,
                     gop: match r.gop_ms {
                         // One keyframe per segment: a GOP longer than the segment.

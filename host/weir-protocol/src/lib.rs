@@ -3,6 +3,8 @@
 //! - [`capability`]: the AI capabilities, their default models and the unit each one is billed in.
 //! - [`ai`]: request bodies of the Livepeer-compatible AI API with Livepeer's field names and
 //!   defaults, validated into typed requests; response bodies.
+//! - [`byoc`]: bring-your-own-compute: capability registration, the `Livepeer` job header,
+//!   stream start answers and live video-to-video.
 //! - [`auth`]: comparing presented secrets in constant time.
 //! - [`body`]: reading JSON and multipart request bodies with limits, into validated requests
 //!   and the media facts billing needs.
@@ -14,6 +16,7 @@
 pub mod ai;
 pub mod auth;
 pub mod body;
+pub mod byoc;
 pub mod capability;
 pub mod error;
 pub mod info;

@@ -38,6 +38,9 @@ pub enum BenchCmd {
     /// Durable job submits per second and their latency on SQLite and PostgreSQL against raw
     /// `INSERT`s of the same rows.
     Jobs(crate::bench_jobs::JobsArgs),
+    /// Trickle relay latency per hop and CPU with many live channels, against a plain TCP
+    /// relay under the same load.
+    Trickle(crate::bench_trickle::TrickleArgs),
     /// Transcoding a 1080p30 source to the 240p30+360p30 ladder with Weir's transcoder against
     /// the `ffmpeg` CLI running the same graph; then live latency from RTMP publish to listed
     /// segment through a real node.
@@ -76,6 +79,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         ),
         BenchCmd::Gateway(args) => crate::bench_gateway::run(args),
         BenchCmd::Jobs(args) => crate::bench_jobs::run(args),
+        BenchCmd::Trickle(args) => crate::bench_trickle::run(args),
         BenchCmd::Transcode {
             seconds,
             preset,

@@ -238,6 +238,8 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
             ..Default::default()
         },
         health_interval: Duration::from_secs(3600),
+        byoc: Default::default(),
+        trickle: Default::default(),
     };
     let orchestrator = weir_orchestrator::Orchestrator::new(
         orch_config,
@@ -249,6 +251,7 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     .await?;
     let orch_url = serve(orchestrator.router()).await?;
     let gw_config = weir_gateway::GatewayConfig {
+        streams: Default::default(),
         orchestrators: vec![orch_url.clone()],
         orch_webhook_url: None,
         refresh_interval: Duration::from_secs(3600),

@@ -73,6 +73,8 @@ pub struct GatewaySection {
     pub record: Option<bool>,
     /// Async generation jobs (`[gateway.jobs]`): database, storage, models, limits.
     pub jobs: weir_gateway::JobsConfig,
+    /// Live AI streams (`[gateway.streams]`): pay-ahead, top-up interval, limits.
+    pub streams: weir_gateway::StreamsConfig,
 }
 
 /// `[orchestrator]`.
@@ -98,6 +100,9 @@ pub struct OrchestratorSection {
     pub models: Vec<weir_orchestrator::ModelEntry>,
     /// Live transcoding (`[orchestrator.transcode]`; on by default).
     pub transcode: Option<weir_orchestrator::TranscodeConfig>,
+    /// Bring-your-own-compute: the registration secret, `[[orchestrator.byoc.pipelines]]`,
+    /// stream debits (`[orchestrator.byoc]`).
+    pub byoc: Option<weir_orchestrator::ByocConfig>,
 }
 
 /// `[node]`.

@@ -7,6 +7,7 @@ mod bench_gateway;
 mod bench_jobs;
 mod bench_live;
 mod bench_transcode;
+mod bench_trickle;
 mod component_cmd;
 mod config;
 mod node;

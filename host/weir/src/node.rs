@@ -156,6 +156,7 @@ pub fn gateway_config(
             ..weir_gateway::LiveConfig::default()
         },
         jobs: g.jobs.clone(),
+        streams: g.streams.clone(),
         data_dir: config.data_dir.clone(),
     })
 }
@@ -181,6 +182,8 @@ pub fn orchestrator_config(
         max_body_bytes: upload + (1 << 20),
         health_interval: secs(o.health_secs, 10).max(Duration::from_millis(100)),
         transcode: o.transcode.clone().unwrap_or_default(),
+        byoc: o.byoc.clone().unwrap_or_default(),
+        trickle: weir_trickle::TrickleConfig::default(),
     }
 }
 
@@ -247,6 +250,7 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         .await
         .context("starting the orchestrator")?;
         tasks.push(orchestrator.spawn_health_checks());
+        tasks.extend(orchestrator.spawn_byoc_tasks());
         if let Some(media) = orchestrator.guest_media() {
             registry.runtime().provide_media(media);
         }
@@ -259,7 +263,7 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
                     .router()
                     .route("/healthz", axum::routing::get(|| async { "ok" }));
                 orchestrator_server = Some(tokio::spawn(async move {
-                    axum::serve(l, router)
+                    axum::serve(no_delay(l), router)
                         .with_graceful_shutdown(shutdown_signal())
                         .await
                 }));
@@ -268,7 +272,18 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         }
     }
     if role.gateway() {
-        let gw_config = gateway_config(&config, &http_url, local_orchestrator)?;
+        let rtmp_addr = config
+            .gateway
+            .rtmp_addr
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1935)));
+        let rtmp = tokio::net::TcpListener::bind(rtmp_addr)
+            .await
+            .with_context(|| format!("binding RTMP at {rtmp_addr}"))?;
+        let rtmp_bound = rtmp.local_addr()?;
+        let mut gw_config = gateway_config(&config, &http_url, local_orchestrator)?;
+        if config.gateway.streams.rtmp_base == weir_gateway::StreamsConfig::default().rtmp_base {
+            gw_config.streams.rtmp_base = format!("rtmp://{rtmp_bound}/live");
+        }
         let gateway = weir_gateway::Gateway::new(
             gw_config,
             registry.clone(),
@@ -280,14 +295,7 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         .context("starting the gateway")?;
         ledgers.push(("gateway", gateway.ledger().clone()));
         extra = extra.merge(gateway.router());
-        let rtmp_addr = config
-            .gateway
-            .rtmp_addr
-            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1935)));
-        let rtmp = tokio::net::TcpListener::bind(rtmp_addr)
-            .await
-            .with_context(|| format!("binding RTMP at {rtmp_addr}"))?;
-        ready_line.push_str(&format!(" rtmp=rtmp://{}", rtmp.local_addr()?));
+        ready_line.push_str(&format!(" rtmp=rtmp://{rtmp_bound}"));
         let handler = gateway.rtmp_handler();
         tasks.push(tokio::spawn(async move {
             if let Err(e) =
@@ -319,7 +327,7 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         writeln!(out, "{ready_line}")?;
         out.flush()?;
     }
-    axum::serve(listener, app(state, extra))
+    axum::serve(no_delay(listener), app(state, extra))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server")?;
@@ -353,4 +361,18 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `listener` with TCP_NODELAY on every accepted connection: streamed answers (trickle
+/// segments, server-sent events) are written in small chunks that must not wait for the
+/// peer's delayed ACK.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    })
 }

@@ -1,0 +1,325 @@
+//! Bring-your-own-compute batch jobs on the gateway: `POST /process/request/{route}` with the
+//! `Livepeer` job header goes to an orchestrator offering the capability (chosen, paid and
+//! retried like an AI request), which forwards it to its worker. The job's `timeout_seconds`
+//! is paid up front at the capability's per-second price; the orchestrator charges the seconds
+//! used and the rest stays as balance for the next job.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use weir_protocol::byoc::{JobRequest, BYOC_MODEL, JOB_HEADER, LIVEPEER_BALANCE_HEADER};
+use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
+use weir_protocol::AiHttpError;
+use weir_runtime::OutputSize;
+
+use crate::discovery::normalize;
+use crate::payments::Pending;
+use crate::server::{err, Answer, Attempt, Choice, Gateway, ORCHESTRATOR_HEADER};
+
+impl Gateway {
+    /// Orchestrators offering BYOC capability `job.capability`, best first, filtered by the
+    /// job's include/exclude lists. Registrations come and go, so a miss refreshes discovery
+    /// once before giving up.
+    pub(crate) async fn choose_byoc(
+        &self,
+        job: &JobRequest,
+        units: u64,
+    ) -> Result<VecDeque<Choice>, AiHttpError> {
+        let request = weir_runtime::JobRequest {
+            id: job.id.clone(),
+            capability: job.capability.clone(),
+            model: BYOC_MODEL.to_owned(),
+            params: Vec::new(),
+            output: OutputSize {
+                width: 0,
+                height: 0,
+                frames: 0,
+                count: 1,
+            },
+            units,
+            sender: self.inner.payments.sender(),
+        };
+        let choices = match self.choose(
+            &job.capability,
+            Some(BYOC_MODEL),
+            BYOC_MODEL,
+            request.clone(),
+        ) {
+            Ok(c) => c,
+            Err(_) => {
+                self.inner.discovery.refresh().await;
+                self.choose(&job.capability, Some(BYOC_MODEL), BYOC_MODEL, request)
+                    .map_err(|e| {
+                        err(
+                            503,
+                            format!(
+                                "no orchestrator offers capability `{}`: {}",
+                                job.capability,
+                                e.message()
+                            ),
+                        )
+                    })?
+            }
+        };
+        let filter = job.params().map_err(|e| err(400, e))?.orchestrators;
+        let include: Vec<String> = filter.include.iter().map(|u| normalize(u)).collect();
+        let exclude: Vec<String> = filter.exclude.iter().map(|u| normalize(u)).collect();
+        let kept: VecDeque<Choice> = choices
+            .into_iter()
+            .filter(|c| include.is_empty() || include.contains(&c.url))
+            .filter(|c| !exclude.contains(&c.url))
+            .collect();
+        if kept.is_empty() {
+            return Err(err(
+                503,
+                format!(
+                    "no orchestrator offering `{}` is left after the job's include/exclude lists",
+                    job.capability
+                ),
+            ));
+        }
+        Ok(kept)
+    }
+}
+
+/// `POST /process/request/{route}`.
+pub(crate) async fn process_request(
+    State(g): State<Gateway>,
+    UrlPath(route): UrlPath<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return AiHttpError::from(e).into_response(),
+    };
+    match run(&g, &route, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(
+    g: &Gateway,
+    route: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, AiHttpError> {
+    let mut job = JobRequest::from_headers(headers)?;
+    job.sender = g.inner.payments.sender();
+    let units = job.timeout_seconds;
+    let queue = g.choose_byoc(&job, units).await?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let header_value = job.to_header();
+    let timeout = Duration::from_secs(job.timeout_seconds) + Duration::from_secs(2);
+    let request_id = if job.id.is_empty() {
+        format!("byoc-{:016x}", rand::random::<u64>())
+    } else {
+        job.id.clone()
+    };
+    let cap = job.capability.clone();
+    let (choice, reply, charge, tried) = g
+        .with_retries(&request_id, queue, |choice| {
+            let (cap, content_type, header_value, body) =
+                (&cap, &content_type, &header_value, &body);
+            async move {
+                let choice = &choice;
+                g.attempt_with(choice, cap, units, |pending| async move {
+                    let request = g
+                        .inner
+                        .client
+                        .post(format!("{}/process/request/{route}", choice.url))
+                        .header(header::CONTENT_TYPE, content_type.as_str())
+                        .header(JOB_HEADER, header_value.as_str())
+                        .body(body.clone());
+                    let started = Instant::now();
+                    let response = match g
+                        .send_paid(choice, cap, &pending, request, timeout, started)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(attempt) => return attempt,
+                    };
+                    if is_event_stream(response.headers()) {
+                        // Relayed as it comes; paid for the time it ran once it ends.
+                        g.inner.discovery.record(
+                            &choice.url,
+                            &pending.account,
+                            true,
+                            started.elapsed(),
+                        );
+                        let balance = number(response.headers(), BALANCE_HEADER);
+                        return Attempt::Done {
+                            body: Reply::Events(Box::new(Events {
+                                balance,
+                                response,
+                                settlement: Settlement {
+                                    gateway: g.clone(),
+                                    pending,
+                                    started,
+                                    done: false,
+                                },
+                            })),
+                            charge: 0,
+                        };
+                    }
+                    g.receive(choice, &pending, response, started, |answer| async move {
+                        Ok(Reply::Whole(answer))
+                    })
+                    .await
+                })
+                .await
+            }
+        })
+        .await?;
+    let (mut response, content_type, balance) = match reply {
+        Reply::Whole(answer) => {
+            tracing::info!(capability = %cap, route, orchestrator = %choice.url, charge, attempts = tried, "BYOC job served");
+            let mut r = (StatusCode::OK, answer.body).into_response();
+            r.headers_mut()
+                .insert(CHARGE_HEADER, HeaderValue::from(charge));
+            (r, answer.content_type, answer.balance)
+        }
+        Reply::Events(events) => {
+            let Events {
+                balance,
+                response,
+                settlement,
+            } = *events;
+            tracing::info!(capability = %cap, route, orchestrator = %choice.url, attempts = tried, "BYOC job streaming events");
+            let body = relay_events(response, settlement);
+            (
+                (StatusCode::OK, body).into_response(),
+                "text/event-stream".to_owned(),
+                balance,
+            )
+        }
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some(b) = balance {
+        h.insert(LIVEPEER_BALANCE_HEADER, HeaderValue::from(b));
+        h.insert(BALANCE_HEADER, HeaderValue::from(b));
+    }
+    if let Ok(v) = HeaderValue::from_str(&choice.url) {
+        h.insert(ORCHESTRATOR_HEADER, v);
+    }
+    Ok(response)
+}
+
+/// What an orchestrator answered a BYOC job.
+enum Reply {
+    /// A whole answer, already settled.
+    Whole(Answer),
+    /// Server-sent events still coming; settled when they end.
+    Events(Box<Events>),
+}
+
+/// An answer of server-sent events as it starts.
+struct Events {
+    /// The balance the orchestrator reported as it started.
+    balance: Option<u64>,
+    response: reqwest::Response,
+    settlement: Settlement,
+}
+
+fn is_event_stream(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+fn number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}
+
+/// The payment of a streamed answer, settled once it ends (or the client goes away) for the
+/// seconds it ran: the orchestrator debits the same time from the balance as the stream runs.
+struct Settlement {
+    gateway: Gateway,
+    pending: Pending,
+    started: Instant,
+    done: bool,
+}
+
+impl Settlement {
+    /// The agreed cost of the seconds used so far: `timeout_seconds` were priced up front.
+    fn charge(&self) -> u64 {
+        let units = self.pending.units.max(1);
+        let secs = u64::try_from(self.started.elapsed().as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .clamp(1, units);
+        let charge = (u128::from(self.pending.cost) * u128::from(secs)).div_ceil(u128::from(units));
+        u64::try_from(charge)
+            .unwrap_or(self.pending.cost)
+            .min(self.pending.cost)
+    }
+
+    fn finish(&mut self, why: &'static str) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let charge = self.charge();
+        let (gateway, pending) = (self.gateway.clone(), self.pending.clone());
+        tokio::spawn(async move {
+            match gateway
+                .inner
+                .payments
+                .settle(&pending, Some(charge), None)
+                .await
+            {
+                Ok(s) => {
+                    tracing::info!(capability = %pending.capability, orchestrator = %pending.orchestrator, charge = s.charge, why, "BYOC job served (events)")
+                }
+                Err(e) => {
+                    tracing::error!(job = %pending.job_id, error = %e, "could not settle a streamed answer")
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        self.finish("the client went away");
+    }
+}
+
+/// The orchestrator's event stream passed through to the client as it arrives.
+fn relay_events(response: reqwest::Response, settlement: Settlement) -> axum::body::Body {
+    let stream = futures_util::stream::unfold(
+        (Some(response), settlement),
+        |(response, mut settlement)| async move {
+            let mut response = response?;
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    Some((Ok::<_, std::io::Error>(bytes), (Some(response), settlement)))
+                }
+                Ok(None) => {
+                    settlement.finish("the stream ended");
+                    None
+                }
+                Err(e) => {
+                    settlement.finish("the orchestrator's stream broke");
+                    let data = serde_json::json!({ "error": format!("the orchestrator's stream broke: {e}") });
+                    Some((
+                        Ok(Bytes::from(format!("event: error\ndata: {data}\n\n"))),
+                        (None, settlement),
+                    ))
+                }
+            }
+        },
+    );
+    axum::body::Body::from_stream(stream)
+}
