@@ -254,16 +254,13 @@ struct Settlement {
 }
 
 impl Settlement {
-    /// The agreed cost of the seconds used so far: `timeout_seconds` were priced up front.
+    /// The agreed cost of the seconds used so far.
     fn charge(&self) -> u64 {
-        let units = self.pending.units.max(1);
-        let secs = u64::try_from(self.started.elapsed().as_millis().div_ceil(1000))
-            .unwrap_or(u64::MAX)
-            .clamp(1, units);
-        let charge = (u128::from(self.pending.cost) * u128::from(secs)).div_ceil(u128::from(units));
-        u64::try_from(charge)
-            .unwrap_or(self.pending.cost)
-            .min(self.pending.cost)
+        prorated(
+            self.pending.cost,
+            self.pending.units,
+            self.started.elapsed(),
+        )
     }
 
     fn finish(&mut self, why: &'static str) {
@@ -288,6 +285,17 @@ impl Settlement {
             }
         });
     }
+}
+
+/// The share of `cost` (agreed for `units` seconds) that `elapsed` used: whole seconds, at
+/// least one, never more than `cost`.
+fn prorated(cost: u64, units: u64, elapsed: Duration) -> u64 {
+    let units = units.max(1);
+    let secs = u64::try_from(elapsed.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .clamp(1, units);
+    let charge = (u128::from(cost) * u128::from(secs)).div_ceil(u128::from(units));
+    u64::try_from(charge).unwrap_or(cost).min(cost)
 }
 
 impl Drop for Settlement {
@@ -322,4 +330,27 @@ fn relay_events(response: reqwest::Response, settlement: Settlement) -> axum::bo
         },
     );
     axum::body::Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streamed_answers_are_charged_by_the_whole_seconds_they_ran() {
+        // 30 s were priced at 150: 5 per second.
+        assert_eq!(prorated(150, 30, Duration::from_millis(0)), 5);
+        assert_eq!(prorated(150, 30, Duration::from_millis(1_000)), 5);
+        assert_eq!(prorated(150, 30, Duration::from_millis(1_001)), 10);
+        assert_eq!(prorated(150, 30, Duration::from_secs(12)), 60);
+        // Never more than agreed, however long it ran.
+        assert_eq!(prorated(150, 30, Duration::from_secs(3_600)), 150);
+        // Uneven prices round up, and a zero-second job is one second.
+        assert_eq!(prorated(10, 3, Duration::from_millis(500)), 4);
+        assert_eq!(prorated(10, 0, Duration::from_secs(5)), 10);
+        assert_eq!(
+            prorated(u64::MAX, 2, Duration::from_secs(1)),
+            u64::MAX / 2 + 1
+        );
+    }
 }
