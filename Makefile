@@ -23,11 +23,11 @@ UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 ORT_ENV = ORT_DYLIB_PATH="$$(ls $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* | head -n 1)"
 
 GUESTS        := default-router default-pricing live-scale
-TEST_PROGRAMS := misbehaving-router greedy-router echo-pipeline ladder-pipeline
+TEST_PROGRAMS := misbehaving-router misbehaving-pricing greedy-router echo-pipeline ladder-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
 
-.PHONY: help run test test-interop test-db test-unit lint fmt tools guests examples test-programs models artifacts bench clean
+.PHONY: help run test test-interop fuzz test-db test-unit lint fmt tools guests examples test-programs models artifacts bench clean
 
 help:
 	@echo "make run    start a gateway+orchestrator node on $(HTTP_ADDR) with the default components"
@@ -165,6 +165,12 @@ test-interop: tools artifacts
 	examples/byoc-worker-py/setup.sh $(PYTRICKLE_VENV) > /dev/null
 	$(ORT_ENV) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_PYTRICKLE_PYTHON=$(CURDIR)/$(PYTRICKLE_VENV)/bin/python \
 		cargo test --test all -- --ignored --nocapture pytrickle
+
+# Fuzzing: every target for FUZZ_SECS seconds (make test runs each for 2 s). A crash saves its
+# input under tests/fuzz/crashes/ and fails the run; WEIR_FUZZ_SEED repeats a run.
+FUZZ_SECS ?= 300
+fuzz:
+	WEIR_FUZZ_SECS=$(FUZZ_SECS) cargo test -p weir-fuzz --test targets -- --nocapture --test-threads=$$(nproc)
 
 test-db:
 	@psql "$(PG_ADMIN)/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$(PG_TEST_DB)'" | grep -q 1 \

@@ -790,7 +790,8 @@ fn orchestrators_refuse_jobs_without_a_valid_payment() {
     assert_eq!(r.status(), 402);
     assert!(detail(&r.json().expect("json")).contains("payment required"));
 
-    let wallet = weir_payments::credit::Wallet::generate();
+    // The test gateways' wallet: the only sender test orchestrators trust.
+    let wallet = test_wallet();
     let price = weir_payments::UnitPrice {
         price_per_unit: 4768371,
         pixels_per_unit: 1_000_000,

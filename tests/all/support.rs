@@ -264,6 +264,30 @@ impl Drop for Node {
 /// The admin token test processes are started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The secret key of every test gateway's wallet: [`Weir`] writes it (hex) to `wallet.key`.
+pub const TEST_WALLET_SECRET: [u8; 32] = [0x7e; 32];
+
+/// The wallet test gateways sign payments with; test orchestrators trust it.
+pub fn test_wallet() -> weir_payments::credit::Wallet {
+    weir_payments::credit::Wallet::from_secret(TEST_WALLET_SECRET)
+}
+
+/// `config` with the test wallet in `[orchestrator] trusted_senders`, unless it sets the
+/// senders itself (`trusted_senders` or `accept_any_sender`).
+pub fn trusting_test_gateway(config: &str) -> String {
+    if config.contains("trusted_senders") || config.contains("accept_any_sender") {
+        return config.to_owned();
+    }
+    let line = format!("trusted_senders = [\"{}\"]\n", test_wallet().sender());
+    match config.find("[orchestrator]\n") {
+        Some(at) => {
+            let end = at + "[orchestrator]\n".len();
+            format!("{}{line}{}", &config[..end], &config[end..])
+        }
+        None => format!("[orchestrator]\n{line}{config}"),
+    }
+}
+
 /// A `weir` process (gateway, orchestrator or node), killed on drop.
 pub struct Weir {
     child: Child,
@@ -307,6 +331,20 @@ impl Weir {
             place_default(&components, name);
         }
         prepare(&components);
+        // Every test gateway signs with the test wallet, and orchestrators trust it.
+        let wallet = data.path().join("wallet.key");
+        if !wallet.exists() {
+            let hex: String = TEST_WALLET_SECRET
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            std::fs::write(&wallet, hex).expect("wallet");
+        }
+        let config = if role == "orchestrator" {
+            trusting_test_gateway(config)
+        } else {
+            config.to_owned()
+        };
         let config_path = data.path().join("weir.toml");
         std::fs::write(&config_path, config).expect("config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -33,7 +33,7 @@ use weir_protocol::byoc::{
 };
 use weir_protocol::info::{BALANCE_HEADER, PAYMENT_HEADER};
 use weir_protocol::AiHttpError;
-use weir_trickle::{Publisher, Subscriber};
+use weir_trickle::{Publisher, Subscriber, TrickleError};
 
 use crate::server::{err, error_message, Choice, Gateway};
 
@@ -75,6 +75,14 @@ enum Command {
     Segment(Bytes),
     IngestEnded,
     Update(serde_json::Value, oneshot::Sender<Result<(), AiHttpError>>),
+    /// The orchestrator's answer to an update: `applied` by the pipeline, or to be published
+    /// on the control channel (an external worker).
+    Updated {
+        generation: u64,
+        params: serde_json::Value,
+        applied: bool,
+        done: oneshot::Sender<Result<(), AiHttpError>>,
+    },
     Stop(String, oneshot::Sender<()>),
     /// From the session's readers: the stream ended there (`failed` = move it).
     SessionEnded {
@@ -99,6 +107,8 @@ struct Status {
     params: serde_json::Value,
     last_event: Option<serde_json::Value>,
     stop_reason: Option<String>,
+    /// Why the stream failed (state `failed`), as the orchestrator reported it.
+    error: Option<String>,
 }
 
 struct AiStream {
@@ -238,6 +248,7 @@ impl Gateway {
                 params,
                 last_event: None,
                 stop_reason: None,
+                error: None,
             }),
             data,
         });
@@ -493,7 +504,14 @@ impl Owner {
             let client = g.inner.client.clone();
             session.readers.push(tokio::spawn(async move {
                 let mut sub = Subscriber::new(client, url).starting_at(0);
-                while let Ok(Some(seg)) = sub.next().await {
+                let ended = loop {
+                    let seg = match sub.next().await {
+                        Ok(Some(seg)) => seg,
+                        Ok(None) | Err(TrickleError::NotFound | TrickleError::Closed) => {
+                            break None
+                        }
+                        Err(e) => break Some(e),
+                    };
                     let Ok(bytes) = seg.bytes(64 * 1024).await else {
                         continue;
                     };
@@ -512,11 +530,19 @@ impl Owner {
                         .to_owned();
                     stream.status.lock().last_event = Some(event.clone());
                     if kind == "stopped" {
-                        let why = event
+                        let why = inner
                             .get("reason")
                             .and_then(|r| r.as_str())
                             .unwrap_or("stopped by the orchestrator")
                             .to_owned();
+                        if inner.get("failed").and_then(|f| f.as_bool()) == Some(true) {
+                            let error = inner
+                                .get("error")
+                                .and_then(|e| e.as_str())
+                                .unwrap_or(&why)
+                                .to_owned();
+                            stream.status.lock().error = Some(error);
+                        }
                         let _ = commands
                             .send(Command::SessionEnded {
                                 generation,
@@ -526,14 +552,21 @@ impl Owner {
                             .await;
                         return;
                     }
-                }
-                // The events channel went away without a `stopped` event: the orchestrator
-                // is gone or lost the stream.
+                };
+                let Some(e) = ended else {
+                    // An orderly close (the closed marker, or gone after it): whoever writes
+                    // events stopped doing so; the media channels tell whether the stream is
+                    // still alive.
+                    tracing::info!(stream = %stream.id, "the events channel was closed");
+                    return;
+                };
+                // The events channel failed without a `stopped` event: the orchestrator is
+                // gone or lost the stream.
                 let _ = commands
                     .send(Command::SessionEnded {
                         generation,
                         failed: true,
-                        why: "the events channel closed without a stop".to_owned(),
+                        why: format!("the events channel failed without a stop: {e}"),
                     })
                     .await;
             }));
@@ -542,17 +575,9 @@ impl Owner {
         if !session.channels.data_url.is_empty() {
             let (stream, url) = (stream.clone(), session.channels.data_url.clone());
             let client = g.inner.client.clone();
-            session.readers.push(tokio::spawn(async move {
-                let mut sub = Subscriber::new(client, url).starting_at(0);
-                while let Ok(Some(seg)) = sub.next().await {
-                    let Ok(bytes) = seg.bytes(1 << 20).await else {
-                        continue;
-                    };
-                    for record in data_records(&String::from_utf8_lossy(&bytes)) {
-                        let _ = stream.data.send(Arc::from(record.as_str()));
-                    }
-                }
-            }));
+            session
+                .readers
+                .push(tokio::spawn(relay_data(client, url, stream)));
         }
         if let Some(stream) = &self.stream {
             let mut s = stream.status.lock();
@@ -665,6 +690,90 @@ impl Owner {
         tracing::info!(stream = %self.id, orchestrator = %session.choice.url, why, "AI stream left an orchestrator");
     }
 
+    /// Hand `params` to the orchestrator (off this task: a pipeline answers once its
+    /// `on-control` returned); its answer comes back as [`Command::Updated`], a refusal goes
+    /// straight to `done`.
+    fn update(&self, params: serde_json::Value, done: oneshot::Sender<Result<(), AiHttpError>>) {
+        let (Some(session), Some(commands)) = (self.session.as_ref(), self.commands.clone()) else {
+            let _ = done.send(Err(err(409, "the stream has no orchestrator right now")));
+            return;
+        };
+        let request = self
+            .g
+            .inner
+            .client
+            .post(format!("{}/ai/stream/update", session.choice.url))
+            .header(PAYMENT_HEADER, self.credentials(session))
+            .header(STREAM_ID_HEADER, self.id.as_str())
+            .timeout(Duration::from_secs(30))
+            .json(&serde_json::json!({"stream_id": self.id, "params": params, "defer_to_control": true}));
+        let generation = session.generation;
+        tokio::spawn(async move {
+            let applied = match request.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let body = crate::server::read_capped(r).await.unwrap_or_default();
+                    serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|b| b.get("applied").and_then(|a| a.as_bool()))
+                        .unwrap_or(false)
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    let message = error_message(crate::server::read_capped(r).await.ok(), status);
+                    let code = match status.as_u16() {
+                        c @ (400 | 404 | 409 | 422) => c,
+                        _ => 502,
+                    };
+                    let _ = done.send(Err(err(code, message)));
+                    return;
+                }
+                Err(e) => {
+                    let _ = done.send(Err(err(502, format!("params not delivered: {e}"))));
+                    return;
+                }
+            };
+            let updated = Command::Updated {
+                generation,
+                params,
+                applied,
+                done,
+            };
+            if let Err(mpsc::error::SendError(Command::Updated { done, .. })) =
+                commands.send(updated).await
+            {
+                let _ = done.send(Err(err(409, "the stream has stopped")));
+            }
+        });
+    }
+
+    /// Record params the orchestrator took; publish them on the control channel first when it
+    /// did not apply them itself (an external worker reads them there).
+    async fn updated(
+        &mut self,
+        generation: u64,
+        params: serde_json::Value,
+        applied: bool,
+    ) -> Result<(), AiHttpError> {
+        let Some(session) = self.session.as_mut().filter(|s| s.generation == generation) else {
+            return Err(err(
+                409,
+                "the stream moved to another orchestrator; send the params again",
+            ));
+        };
+        if !applied {
+            session
+                .control
+                .write(Bytes::from(params.to_string()))
+                .await
+                .map_err(|e| err(502, format!("params not delivered: {e}")))?;
+        }
+        self.params = params.clone();
+        if let Some(stream) = &self.stream {
+            stream.status.lock().params = params;
+        }
+        Ok(())
+    }
+
     /// Move the stream to another orchestrator; `Err` when none takes it or it moved too often.
     async fn swap(&mut self, why: &str) -> Result<(), String> {
         let g = self.g.clone();
@@ -745,18 +854,9 @@ impl Owner {
                     Some(Command::IngestEnded) => {
                         tracing::info!(stream = %self.id, "ingest ended; the stream stops unless it resumes");
                     }
-                    Some(Command::Update(params, done)) => {
-                        let r = match self.session.as_mut() {
-                            Some(s) => s.control.write(Bytes::from(params.to_string())).await.map(drop)
-                                .map_err(|e| err(502, format!("params not delivered: {e}"))),
-                            None => Err(err(409, "the stream has no orchestrator right now")),
-                        };
-                        if r.is_ok() {
-                            self.params = params.clone();
-                            if let Some(stream) = &self.stream {
-                                stream.status.lock().params = params;
-                            }
-                        }
+                    Some(Command::Update(params, done)) => self.update(params, done),
+                    Some(Command::Updated { generation, params, applied, done }) => {
+                        let r = self.updated(generation, params, applied).await;
                         let _ = done.send(r);
                     }
                     Some(Command::Stop(why, done)) => {
@@ -781,7 +881,11 @@ impl Owner {
         self.stop_session(&reason).await;
         if let Some(stream) = &self.stream {
             let mut s = stream.status.lock();
-            s.state = "stopped";
+            s.state = if s.error.is_some() {
+                "failed"
+            } else {
+                "stopped"
+            };
             s.stop_reason = Some(reason.clone());
         }
         self.g.ai_streams().keys.lock().remove(&key);
@@ -793,6 +897,85 @@ impl Owner {
         // Keep the final status readable for a while.
         tokio::time::sleep(Duration::from_secs(120)).await;
         self.g.ai_streams().map.lock().remove(&self.id);
+    }
+}
+
+/// Longest data record relayed, in bytes; a longer line is dropped.
+const MAX_DATA_LINE: usize = 1 << 20;
+
+/// Splits a data segment's body into lines as its chunks arrive, carrying a partial line over
+/// to the next chunk; a line longer than [`MAX_DATA_LINE`] is dropped whole.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+    /// Inside a line that went over the cap: skip to its end.
+    skipping: bool,
+}
+
+impl LineSplitter {
+    /// The lines `chunk` completes.
+    fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(at);
+            rest = &tail[1..];
+            if !self.skipping && self.partial.len() + line.len() <= MAX_DATA_LINE {
+                self.partial.extend_from_slice(line);
+                out.push(String::from_utf8_lossy(&self.partial).into_owned());
+            }
+            self.partial.clear();
+            self.skipping = false;
+        }
+        if !self.skipping {
+            if self.partial.len() + rest.len() > MAX_DATA_LINE {
+                tracing::warn!(limit = MAX_DATA_LINE, "data record too long; dropped");
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+        out
+    }
+
+    /// The unterminated last line of a segment that ended.
+    fn finish(&mut self) -> Option<String> {
+        let skipped = std::mem::take(&mut self.skipping);
+        let line = std::mem::take(&mut self.partial);
+        (!skipped && !line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned())
+    }
+}
+
+/// Relay the JSONL data channel at `url` to the stream's server-sent events, each record as
+/// soon as its line is complete (not when its segment ends).
+async fn relay_data(client: reqwest::Client, url: String, stream: Arc<AiStream>) {
+    let mut sub = Subscriber::new(client, url).starting_at(0);
+    while let Ok(Some(mut seg)) = sub.next().await {
+        let mut lines = LineSplitter::default();
+        let complete = loop {
+            let chunk = match seg.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break true,
+                Err(e) => {
+                    // Its unterminated last line may be cut: dropped.
+                    tracing::debug!(stream = %stream.id, error = %e, "data segment cut short");
+                    break false;
+                }
+            };
+            for line in lines.push(&chunk) {
+                send_records(&stream, &line);
+            }
+        };
+        if let Some(line) = lines.finish().filter(|_| complete) {
+            send_records(&stream, &line);
+        }
+    }
+}
+
+fn send_records(stream: &AiStream, line: &str) {
+    for record in data_records(line) {
+        let _ = stream.data.send(Arc::from(record.as_str()));
     }
 }
 
@@ -1040,6 +1223,28 @@ mod tests {
                 "{\"b\":2}".to_owned()
             ]
         );
+    }
+
+    #[test]
+    fn data_lines_are_split_as_chunks_arrive_and_capped() {
+        let mut lines = LineSplitter::default();
+        assert_eq!(
+            lines.push(b"{\"a\":1}\n{\"b\""),
+            vec!["{\"a\":1}".to_owned()]
+        );
+        assert!(lines.push(b":2").is_empty());
+        assert_eq!(lines.push(b"}\n"), vec!["{\"b\":2}".to_owned()]);
+        assert_eq!(lines.push(b"tail"), Vec::<String>::new());
+        assert_eq!(lines.finish(), Some("tail".to_owned()));
+        assert_eq!(lines.finish(), None);
+        // A line over the cap is dropped whole, the next one comes through.
+        let long = vec![b'x'; MAX_DATA_LINE];
+        assert!(lines.push(&long).is_empty());
+        assert!(lines.push(b"xx").is_empty());
+        assert_eq!(lines.push(b"x\nok\n"), vec!["ok".to_owned()]);
+        assert!(lines.push(&long).is_empty());
+        assert!(lines.push(b"x").is_empty());
+        assert_eq!(lines.finish(), None);
     }
 
     #[test]

@@ -43,16 +43,20 @@ impl Gateway {
             units,
             sender: self.inner.payments.sender(),
         };
-        let choices = match self.choose(
-            &job.capability,
-            Some(BYOC_MODEL),
-            BYOC_MODEL,
-            request.clone(),
-        ) {
+        let choices = match self
+            .choose(
+                &job.capability,
+                Some(BYOC_MODEL),
+                BYOC_MODEL,
+                request.clone(),
+            )
+            .await
+        {
             Ok(c) => c,
             Err(_) => {
                 self.inner.discovery.refresh().await;
                 self.choose(&job.capability, Some(BYOC_MODEL), BYOC_MODEL, request)
+                    .await
                     .map_err(|e| {
                         err(
                             503,

@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     pub max_attempts: u32,
     /// Total time spent trying orchestrators for one request.
     pub retry_budget: Duration,
+    /// How long a request keeps waiting (with jittered backoff) for orchestrators that
+    /// answered "insufficient capacity"; those busy answers do not use up `max_attempts`.
+    pub busy_wait: Duration,
     /// Deadline of one attempt.
     pub attempt_timeout: Duration,
     /// How long a failing orchestrator is left out.
@@ -49,6 +52,10 @@ pub struct GatewayConfig {
     pub streams: crate::ai_streams::StreamsConfig,
     /// Where the gateway keeps its files (job database and objects by default).
     pub data_dir: PathBuf,
+    /// Origins whose pages may call the public routes from a browser (CORS): `["*"]` for
+    /// any origin, exact origins such as `https://app.example`, or none to turn CORS off.
+    /// Credentials are never allowed; the admin API never answers cross-origin requests.
+    pub cors_origins: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -109,6 +116,7 @@ mod tests {
             open: true,
             max_attempts: 3,
             retry_budget: Duration::from_secs(1),
+            busy_wait: Duration::from_secs(1),
             attempt_timeout: Duration::from_secs(1),
             suspend_for: Duration::from_secs(1),
             public_url: String::new(),
@@ -118,6 +126,7 @@ mod tests {
             live: crate::live::LiveConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
             data_dir: PathBuf::new(),
+            cors_origins: vec!["*".into()],
         };
         c.max_prices
             .insert("upscale".into(), parse_price("10").expect("p"));

@@ -1614,6 +1614,13 @@ pub(crate) fn openapi_paths(catalog: &Catalog) -> Map<String, Value> {
         |d: &str| json!({"description": d, "content": {"application/json": {"schema": error}}});
     let ok =
         |d: &str| json!({"description": d, "content": {"application/json": {"schema": status}}});
+    // With no job models configured there is nothing to discriminate: an empty `oneOf`
+    // would accept no body at all.
+    let submit_schema = if variants.is_empty() {
+        json!({"type": "object", "description": "No job models are configured on this gateway"})
+    } else {
+        json!({"oneOf": variants, "discriminator": {"propertyName": "model"}})
+    };
     let mut paths = Map::new();
     paths.insert("/api/v1/generate".to_owned(), json!({
         "post": {
@@ -1624,7 +1631,7 @@ pub(crate) fn openapi_paths(catalog: &Catalog) -> Map<String, Value> {
                 {"name": "Prefer", "in": "header", "schema": {"type": "string", "example": "wait=10"}}
             ],
             "requestBody": {"required": true, "content": {
-                "application/json": {"schema": {"oneOf": variants, "discriminator": {"propertyName": "model"}}},
+                "application/json": {"schema": submit_schema},
                 "multipart/form-data": {"schema": {"type": "object", "description": "The same fields as text parts; inputs as file parts"}}
             }},
             "responses": {
@@ -1633,7 +1640,8 @@ pub(crate) fn openapi_paths(catalog: &Catalog) -> Map<String, Value> {
                 "409": err_response("Idempotency-Key reused with another body"),
                 "422": err_response("Unknown model or invalid parameters"),
                 "400": err_response("An input URL is refused or unreachable"),
-                "429": err_response("Submit rate exceeded")
+                "429": err_response("Submit rate exceeded"),
+                "401": err_response("Missing or unknown bearer token")
             }
         },
         "get": {
@@ -1644,24 +1652,35 @@ pub(crate) fn openapi_paths(catalog: &Catalog) -> Map<String, Value> {
                 {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}
             ],
-            "responses": {"200": {"description": "{jobs, nextCursor}"}}
+            "responses": {"200": {"description": "{jobs, nextCursor}"},
+                          "401": err_response("Missing or unknown bearer token")}
         }
     }));
+    let job_id = json!([{"name": "jobId", "in": "path", "required": true,
+                         "description": "The job's id, as returned by the submit",
+                         "schema": {"type": "string"}}]);
+    let unauthorized = err_response("Missing or unknown bearer token");
     paths.insert(
         "/api/v1/generate/{jobId}".to_owned(),
         json!({
+            "parameters": job_id,
             "get": {"summary": "A job's status", "security": [{"bearer": []}],
-                    "responses": {"200": ok("The job"), "404": err_response("No such job")}}
+                    "responses": {"200": ok("The job"), "404": err_response("No such job"),
+                                  "401": unauthorized}}
         }),
     );
     paths.insert("/api/v1/generate/{jobId}/cancel".to_owned(), json!({
+        "parameters": job_id,
         "post": {"summary": "Cancel a job", "security": [{"bearer": []}],
                  "responses": {"200": ok("Canceled"), "202": ok("Running: its work is being stopped"),
-                               "409": err_response("Already ended"), "404": err_response("No such job")}}
+                               "409": err_response("Already ended"), "404": err_response("No such job"),
+                               "401": unauthorized}}
     }));
     paths.insert("/api/v1/generate/{jobId}/events".to_owned(), json!({
+        "parameters": job_id,
         "get": {"summary": "The job's status as server-sent events until it ends", "security": [{"bearer": []}],
-                "responses": {"200": {"description": "text/event-stream"}}}
+                "responses": {"200": {"description": "text/event-stream"},
+                              "404": err_response("No such job"), "401": unauthorized}}
     }));
     paths
 }

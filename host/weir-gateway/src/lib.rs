@@ -17,8 +17,10 @@
 //! orchestrator at a time over trickle channels, paid ahead per interval, moved when it fails.
 
 mod ai_streams;
+mod busy;
 mod byoc;
 pub mod config;
+mod cors;
 pub mod discovery;
 pub mod jobs;
 pub mod live;

@@ -93,6 +93,8 @@ struct Track {
     codecs: Option<String>,
     resolution: Option<(u32, u32)>,
     frame_rate: Option<f64>,
+    /// Size and frame rate come from probing the segments (the source), not from a profile.
+    probed: bool,
     nominal_bps: u64,
     /// A segment was skipped: mark the next one.
     gap: bool,
@@ -109,6 +111,7 @@ impl Track {
             codecs: None,
             resolution: None,
             frame_rate: None,
+            probed: false,
             nominal_bps,
             gap: false,
             ll_gap: false,
@@ -129,6 +132,10 @@ impl Track {
         let gap = std::mem::take(&mut self.gap);
         self.playlist.push(duration, at, discontinuity || gap, data);
         let ll_gap = std::mem::take(&mut self.ll_gap);
+        if let Some(video) = fmp4.as_ref().and_then(|s| s.video).filter(|_| self.probed) {
+            self.resolution = Some((video.width, video.height));
+            self.frame_rate = Some(video.frame_rate);
+        }
         match fmp4 {
             Some(seg) => {
                 self.ll
@@ -156,6 +163,10 @@ impl Track {
         Variant {
             uri: format!("{stream}/{}.m3u8", self.name),
             bandwidth,
+            average_bandwidth: match self.playlist.average_bps() {
+                0 => Some(self.nominal_bps),
+                average => Some(average),
+            },
             codecs: self
                 .codecs
                 .clone()
@@ -226,7 +237,10 @@ impl LiveStream {
             ai_output,
             state: Mutex::new(StreamState {
                 generation: 0,
-                source: Track::new("source", config, 0),
+                source: Track {
+                    probed: true,
+                    ..Track::new("source", config, 0)
+                },
                 renditions,
                 epoch: None,
                 discontinuity: false,
@@ -799,7 +813,7 @@ impl Gateway {
             sender: self.inner.payments.sender(),
         };
         let ladder = serde_json::to_string(profiles).map_err(|e| err(500, e.to_string()))?;
-        let queue = self.choose(CAPABILITY, None, MODEL, job)?.into();
+        let queue = self.choose(CAPABILITY, None, MODEL, job).await?.into();
         let (choice, renditions, charge, tried) = self
             .with_retries(&request_id, queue, |choice| {
                 let (ladder, data) = (&ladder, &data);

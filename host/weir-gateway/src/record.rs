@@ -296,6 +296,7 @@ mod tests {
                 variant: weir_media::hls::Variant {
                     uri: String::new(),
                     bandwidth: 1000,
+                    average_bandwidth: None,
                     codecs: "avc1.64001f".into(),
                     resolution: None,
                     frame_rate: None,

@@ -249,7 +249,7 @@ impl Gateway {
     }
 
     /// The HTTP routes: the AI API, `/results/{name}`, `/openapi.json` and
-    /// `/gateway/orchestrators`.
+    /// `/gateway/orchestrators`, with CORS as `cors_origins` says (see [`crate::cors`]).
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route(
@@ -297,7 +297,7 @@ impl Gateway {
             )
             .layer(DefaultBodyLimit::max(self.inner.config.live.max_push_bytes))
             .layer(middleware::from_fn_with_state(self.clone(), require_client));
-        Router::new()
+        let public = Router::new()
             .route("/stream/{file}", get(crate::live::master))
             .route("/stream/{stream}/{file}", get(crate::live::media))
             .route(
@@ -314,19 +314,52 @@ impl Gateway {
             .route("/objects/{*key}", get(crate::jobs::object))
             .route("/openapi.json", get(openapi))
             .merge(api)
-            .with_state(self.clone())
+            .with_state(self.clone());
+        match crate::cors::layer(&self.inner.config.cors_origins) {
+            Some(cors) => public
+                .layer(cors)
+                .layer(middleware::from_fn(crate::cors::preflight_no_content)),
+            None => public,
+        }
     }
 
     /// The orchestrators to try for `job`, best first: those offering `cap` with the model
     /// the client named (`named_model`), else `default_model`, else the most offered one; at or
     /// below the max price; ranked by the router component; suspended ones last.
-    pub(crate) fn choose(
+    pub(crate) async fn choose(
         &self,
         cap: &str,
         named_model: Option<&str>,
         default_model: &str,
         job: JobRequest,
     ) -> Result<Vec<Choice>, AiHttpError> {
+        let (model, fresh, mut suspended) = self.candidates(cap, named_model, default_model)?;
+        let mut job = job;
+        job.model = model.clone();
+        let mut ordered = self.rank(&job, fresh).await?;
+        // Suspended orchestrators are a last resort, cheapest first.
+        suspended.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
+        ordered.extend(suspended);
+        Ok(ordered
+            .into_iter()
+            .map(|c| Choice {
+                warm: c.warm_models.contains(&model),
+                price: unit(&c.price),
+                url: c.url,
+                model: model.clone(),
+            })
+            .collect())
+    }
+
+    /// The model chosen for `cap` (see [`Gateway::choose`]) and the orchestrators offering it at
+    /// or below the max price, as router candidates: (model, healthy ones, suspended ones).
+    /// Discovery's lock is held only in here, never across the router call.
+    fn candidates(
+        &self,
+        cap: &str,
+        named_model: Option<&str>,
+        default_model: &str,
+    ) -> Result<(String, Vec<Candidate>, Vec<Candidate>), AiHttpError> {
         let known = self.inner.discovery.known();
         let now = Instant::now();
         let offers: Vec<(
@@ -448,43 +481,52 @@ impl Gateway {
             ));
         }
         // Candidates are owned now: let refreshes and stats in before the router runs.
-        drop(offers);
-        drop(known);
-        let mut job = job;
-        job.model = model.clone();
-        let mut ordered = self.rank(&job, fresh);
-        // Suspended orchestrators are a last resort, cheapest first.
-        suspended.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
-        ordered.extend(suspended);
-        Ok(ordered
-            .into_iter()
-            .map(|c| Choice {
-                warm: c.warm_models.contains(&model),
-                price: unit(&c.price),
-                url: c.url,
-                model: model.clone(),
-            })
-            .collect())
+        Ok((model, fresh, suspended))
     }
 
-    /// Order candidates with the router component; warm models first (stable), and price
-    /// order when the router fails.
-    fn rank(&self, job: &JobRequest, candidates: Vec<Candidate>) -> Vec<Candidate> {
+    /// Order candidates with the router component; warm models first (stable). The router
+    /// runs off the async workers. A router that answers with one of its contract's errors, or
+    /// ranks no candidate, refuses the request (503 with its reason); one that traps, runs past
+    /// its deadline, runs out of memory or answers garbage is overridden by price order.
+    async fn rank(
+        &self,
+        job: &JobRequest,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<Candidate>, AiHttpError> {
         if candidates.is_empty() {
-            return candidates;
+            return Ok(candidates);
         }
         let router = &self.inner.config.router;
         let model = job.model.as_str();
-        let ranked = self
-            .inner
-            .registry
-            .get_world(router, WorldKind::Router)
-            .and_then(|r| r.select(job, &candidates));
+        let ranked = match self.inner.registry.get_world(router, WorldKind::Router) {
+            Ok(r) => r.select_async(job.clone(), candidates.clone()).await,
+            Err(e) => Err(e),
+        };
         let mut ordered: Vec<Candidate> = match ranked {
+            Ok(ranking) if ranking.is_empty() => {
+                return Err(err(
+                    503,
+                    format!(
+                        "the router component `{router}` ranked none of the {} candidate orchestrators",
+                        candidates.len()
+                    ),
+                ));
+            }
             Ok(ranking) => ranking
                 .into_iter()
                 .filter_map(|i| candidates.get(i as usize).cloned())
                 .collect(),
+            Err(weir_runtime::RuntimeError::Call {
+                failure: weir_runtime::CallFailure::Guest(refusal),
+                ..
+            }) => {
+                let reason = weir_runtime::describe_guest_error(&refusal);
+                tracing::info!(component = %router, reason = %reason, "router refused the request");
+                return Err(err(
+                    503,
+                    format!("the router component `{router}` refused the request: {reason}"),
+                ));
+            }
             Err(e) => {
                 tracing::error!(component = %router, error = %e, "router failed; falling back to price order");
                 self.inner
@@ -498,7 +540,7 @@ impl Gateway {
             }
         };
         ordered.sort_by_key(|c| !c.warm_models.iter().any(|w| w == model));
-        ordered
+        Ok(ordered)
     }
 
     async fn attempt(
@@ -914,7 +956,8 @@ impl Gateway {
         );
         let named = parsed.model_named.then(|| parsed.request.model_id());
         let queue: std::collections::VecDeque<Choice> = self
-            .choose(capability.id(), named, capability.default_model(), job)?
+            .choose(capability.id(), named, capability.default_model(), job)
+            .await?
             .into();
         let (choice, body, charge, tried) = self
             .with_retries(&request_id, queue, |choice| {
@@ -937,9 +980,11 @@ impl Gateway {
     }
 
     /// Try `queue` in order with `attempt` until one serves the job: failed orchestrators are
-    /// skipped, full ones retried later with backoff, repriced ones retried once at their new
-    /// price; all within `max_attempts` and the retry budget. Returns the orchestrator, its
-    /// answer, the charge and the number of attempts.
+    /// skipped and repriced ones retried once at their new price, within `max_attempts` and
+    /// the retry budget. Full ones ("insufficient capacity") are retried after the other
+    /// candidates, with jittered exponential backoff once all are full, until `busy_wait`;
+    /// those busy answers do not use up `max_attempts`. Returns the orchestrator, its answer,
+    /// the charge and the number of attempts.
     pub(crate) async fn with_retries<T, F, Fut>(
         &self,
         request_id: &str,
@@ -951,13 +996,24 @@ impl Gateway {
         Fut: std::future::Future<Output = Attempt<T>>,
     {
         let inner = &self.inner;
-        let deadline = Instant::now() + inner.config.retry_budget;
+        let started = Instant::now();
+        let deadline = started + inner.config.retry_budget;
+        let busy_deadline = (started + inner.config.busy_wait).min(deadline);
         let mut failures: Vec<String> = Vec::new();
-        let mut tried = 0u32;
+        let mut busy = crate::busy::BusyQueue::default();
+        let (mut tried, mut counted) = (0u32, 0u32);
         let mut repriced = std::collections::BTreeSet::new();
-        while let Some(choice) = queue.pop_front() {
+        loop {
+            let Some(choice) = queue.pop_front() else {
+                // Every candidate left is full: wait a jittered moment, then ask them again.
+                if busy.is_empty() || !busy.wait(busy_deadline).await {
+                    break;
+                }
+                queue.extend(busy.drain());
+                continue;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
-            if tried >= inner.config.max_attempts || left.is_zero() {
+            if counted >= inner.config.max_attempts || left.is_zero() {
                 failures.push(format!("retry budget spent ({tried} attempts)"));
                 break;
             }
@@ -980,22 +1036,18 @@ impl Gateway {
                 }
                 Attempt::Next(why) => {
                     count("failed");
+                    counted += 1;
                     tracing::warn!(request = %request_id, orchestrator = %choice.url, reason = %why, "attempt failed; trying the next orchestrator");
                     failures.push(format!("{}: {why}", choice.url));
                 }
                 Attempt::Busy(why) => {
                     count("busy");
-                    failures.push(format!("{}: {why}", choice.url));
-                    // Back off a little, more as the request keeps meeting full orchestrators.
-                    let pause = Duration::from_millis((20 * u64::from(tried)).min(250));
-                    tokio::time::sleep(
-                        pause.min(deadline.saturating_duration_since(Instant::now())),
-                    )
-                    .await;
-                    queue.push_back(choice);
+                    tracing::debug!(request = %request_id, orchestrator = %choice.url, reason = %why, "orchestrator full; retrying after the others");
+                    busy.push(&choice.url.clone(), choice, why);
                 }
                 Attempt::Repriced(price) => {
                     count("repriced");
+                    counted += 1;
                     failures.push(format!("{}: price changed", choice.url));
                     if repriced.insert(choice.url.clone()) {
                         tracing::info!(orchestrator = %choice.url, ppu = price.price_per_unit, units_per = price.pixels_per_unit, "orchestrator changed its price; trying again at the new price");
@@ -1004,6 +1056,7 @@ impl Gateway {
                 }
             }
         }
+        failures.extend(busy.reasons(inner.config.busy_wait));
         Err(err(
             503,
             format!(

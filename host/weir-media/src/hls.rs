@@ -37,6 +37,9 @@ pub struct MediaPlaylist {
     retired: VecDeque<HlsSegment>,
     ended: bool,
     peak_bps: u64,
+    /// Bytes and seconds of every segment pushed, for the average bit rate.
+    total_bytes: u64,
+    total_secs: f64,
 }
 
 impl MediaPlaylist {
@@ -54,6 +57,8 @@ impl MediaPlaylist {
             retired: VecDeque::new(),
             ended: false,
             peak_bps: 0,
+            total_bytes: 0,
+            total_secs: 0.0,
         }
     }
 
@@ -74,6 +79,8 @@ impl MediaPlaylist {
         let secs = duration.as_secs_f64();
         if secs > 0.0 {
             self.peak_bps = self.peak_bps.max((data.len() as f64 * 8.0 / secs) as u64);
+            self.total_bytes = self.total_bytes.saturating_add(data.len() as u64);
+            self.total_secs += secs;
         }
         self.listed.push_back(HlsSegment {
             msn,
@@ -130,6 +137,15 @@ impl MediaPlaylist {
         self.peak_bps
     }
 
+    /// The average bit rate of every segment so far, bits per second (0 before the first).
+    pub fn average_bps(&self) -> u64 {
+        if self.total_secs > 0.0 {
+            (self.total_bytes as f64 * 8.0 / self.total_secs) as u64
+        } else {
+            0
+        }
+    }
+
     /// The `EXT-X-TARGETDURATION`, seconds.
     pub fn target_duration(&self) -> u64 {
         self.target
@@ -177,6 +193,8 @@ pub struct Variant {
     pub uri: String,
     /// Peak bit rate, bits per second.
     pub bandwidth: u64,
+    /// Average bit rate, bits per second (`AVERAGE-BANDWIDTH`; the peak when unknown).
+    pub average_bandwidth: Option<u64>,
     /// RFC 6381 codecs, e.g. `avc1.64001f,mp4a.40.2`.
     pub codecs: String,
     /// Picture size, when the rendition has video.
@@ -185,14 +203,20 @@ pub struct Variant {
     pub frame_rate: Option<f64>,
 }
 
-/// The master playlist listing `variants`, highest bandwidth last.
+/// The master playlist listing `variants`, highest bandwidth last. Every entry carries
+/// `BANDWIDTH`, `AVERAGE-BANDWIDTH` and `CODECS`, and `RESOLUTION` and `FRAME-RATE` when known
+/// (players rank variants by them: one without a resolution is ranked below the others).
 pub fn master_playlist(variants: &[Variant]) -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
     for v in variants {
+        let bandwidth = v.bandwidth.max(1);
+        let average = v
+            .average_bandwidth
+            .filter(|a| *a > 0)
+            .map_or(bandwidth, |a| a.min(bandwidth));
         let _ = write!(
             out,
-            "#EXT-X-STREAM-INF:BANDWIDTH={},CODECS=\"{}\"",
-            v.bandwidth.max(1),
+            "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},AVERAGE-BANDWIDTH={average},CODECS=\"{}\"",
             v.codecs
         );
         if let Some((w, h)) = v.resolution {
@@ -306,14 +330,42 @@ mod tests {
         let m = master_playlist(&[Variant {
             uri: "abc/P360p30fps16x9.m3u8".into(),
             bandwidth: 1_400_000,
+            average_bandwidth: Some(1_000_000),
             codecs: "avc1.64001e,mp4a.40.2".into(),
             resolution: Some((640, 360)),
             frame_rate: Some(30.0),
         }]);
         assert!(m.contains("#EXT-X-INDEPENDENT-SEGMENTS"));
         assert!(m.contains(
-            "#EXT-X-STREAM-INF:BANDWIDTH=1400000,CODECS=\"avc1.64001e,mp4a.40.2\",RESOLUTION=640x360,FRAME-RATE=30.000\nabc/P360p30fps16x9.m3u8\n"
+            "#EXT-X-STREAM-INF:BANDWIDTH=1400000,AVERAGE-BANDWIDTH=1000000,CODECS=\"avc1.64001e,mp4a.40.2\",RESOLUTION=640x360,FRAME-RATE=30.000\nabc/P360p30fps16x9.m3u8\n"
         ));
+    }
+
+    #[test]
+    fn every_variant_gets_an_average_bandwidth() {
+        let mut p = MediaPlaylist::new(3, Duration::from_secs(2));
+        assert_eq!(p.average_bps(), 0);
+        for bytes in [1000usize, 3000] {
+            p.push(
+                Duration::from_secs(1),
+                at(1_700_000_000),
+                false,
+                Bytes::from(vec![0u8; bytes]),
+            );
+        }
+        assert_eq!((p.peak_bps(), p.average_bps()), (24_000, 16_000));
+        let m = master_playlist(&[Variant {
+            uri: "s/source.m3u8".into(),
+            bandwidth: 24_000,
+            average_bandwidth: None,
+            codecs: "avc1.64001f".into(),
+            resolution: Some((960, 540)),
+            frame_rate: Some(25.0),
+        }]);
+        assert!(
+            m.contains("BANDWIDTH=24000,AVERAGE-BANDWIDTH=24000,CODECS=\"avc1.64001f\",RESOLUTION=960x540,FRAME-RATE=25.000\n"),
+            "{m}"
+        );
     }
 
     #[test]

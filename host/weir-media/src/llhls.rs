@@ -81,6 +81,19 @@ pub struct Fmp4Segment {
     pub parts: Vec<Fmp4Part>,
     /// Media length of the segment (the sum of the part durations).
     pub duration: Duration,
+    /// What the segment's video is, when it has video (probed from the stream).
+    pub video: Option<VideoInfo>,
+}
+
+/// The picture size and frame rate of a segment's video.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoInfo {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Frames per second: the stream's declared rate, else measured from the frames.
+    pub frame_rate: f64,
 }
 
 impl Fmp4Segment {
@@ -135,6 +148,25 @@ struct VideoTrack {
     last_packet_duration: i64,
     /// One frame at the stream's nominal rate (90 kHz).
     nominal_frame: i64,
+    /// The frame rate the stream declares, if any.
+    declared_rate: Option<f64>,
+}
+
+impl VideoTrack {
+    /// Size and frame rate; the rate is measured from the samples when none is declared.
+    fn info(&self) -> VideoInfo {
+        let span: i64 = self.samples.iter().map(|s| s.duration.max(0)).sum();
+        let measured = if span > 0 {
+            Some(self.samples.len() as f64 * f64::from(VIDEO_TIMESCALE) / span as f64)
+        } else {
+            None
+        };
+        VideoInfo {
+            width: u32::from(self.width),
+            height: u32::from(self.height),
+            frame_rate: self.declared_rate.or(measured).unwrap_or(30.0),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -358,10 +390,10 @@ fn demux(ts: &[u8]) -> Result<(Option<VideoTrack>, Option<AudioTrack>), LlHlsErr
         if width == 0 || height == 0 {
             return Err(invalid("video stream has no dimensions"));
         }
-        let rate = [s.avg_frame_rate(), s.rate()]
+        let declared = [s.avg_frame_rate(), s.rate()]
             .into_iter()
-            .find(|r| r.numerator() > 0 && r.denominator() > 0)
-            .unwrap_or(Rational::new(30, 1));
+            .find(|r| r.numerator() > 0 && r.denominator() > 0);
+        let rate = declared.unwrap_or(Rational::new(30, 1));
         let nominal_frame = (i64::from(VIDEO_TIMESCALE) * i64::from(rate.denominator())
             / i64::from(rate.numerator()).max(1))
         .max(1);
@@ -374,6 +406,9 @@ fn demux(ts: &[u8]) -> Result<(Option<VideoTrack>, Option<AudioTrack>), LlHlsErr
             samples: Vec::new(),
             last_packet_duration: 0,
             nominal_frame,
+            declared_rate: declared
+                .map(|r| f64::from(r.numerator()) / f64::from(r.denominator()))
+                .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1000.0),
         });
     }
     let mut a_in = None;
@@ -669,6 +704,7 @@ pub fn ts_to_fmp4(ts: &[u8], part_target: Duration) -> Result<Fmp4Segment, LlHls
         init,
         parts,
         duration: to_duration(end - first),
+        video: video.as_ref().map(VideoTrack::info),
     })
 }
 
@@ -1504,7 +1540,34 @@ mod tests {
             init: Bytes::from_static(init),
             parts,
             duration,
+            video: None,
         }
+    }
+
+    #[test]
+    fn video_info_prefers_the_declared_rate_and_else_measures_it() {
+        let sample = |dts: i64| Sample {
+            dts,
+            cts: 0,
+            duration: 3600,
+            key: dts == 0,
+            data: Vec::new(),
+        };
+        let mut v = VideoTrack {
+            width: 960,
+            height: 540,
+            sps: Vec::new(),
+            pps: Vec::new(),
+            samples: (0..50).map(|i| sample(i * 3600)).collect(),
+            last_packet_duration: 0,
+            nominal_frame: 3600,
+            declared_rate: None,
+        };
+        let measured = v.info();
+        assert_eq!((measured.width, measured.height), (960, 540));
+        assert!((measured.frame_rate - 25.0).abs() < 1e-9, "{measured:?}");
+        v.declared_rate = Some(30_000.0 / 1001.0);
+        assert!((v.info().frame_rate - 29.97).abs() < 0.001);
     }
 
     #[test]

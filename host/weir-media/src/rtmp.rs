@@ -85,6 +85,9 @@ pub async fn serve(
     let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut tasks = JoinSet::new();
+    // Refusals are logged at most once every ten seconds, with how many there were.
+    let mut refused: u64 = 0;
+    let mut last_refusal_log: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -115,11 +118,20 @@ pub async fn serve(
                         ));
                     }
                     Err(_) => {
-                        tracing::warn!(
-                            %peer,
-                            max_connections = limits.max_connections,
-                            "rtmp: connection limit reached, closing new connection"
-                        );
+                        refused += 1;
+                        let now = tokio::time::Instant::now();
+                        if last_refusal_log
+                            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+                        {
+                            last_refusal_log = Some(now);
+                            tracing::warn!(
+                                %peer,
+                                max_connections = limits.max_connections,
+                                refused,
+                                "rtmp: connection limit reached, closing new connections"
+                            );
+                            refused = 0;
+                        }
                         drop(stream);
                     }
                 }

@@ -132,10 +132,21 @@ impl HttpRunner {
             }
             Capability::ImageToVideo => {
                 let r: VideoResponse = parse(body)?;
-                RunnerOutput::Media(
-                    self.fetch_all(r.frames.into_iter().flatten().collect())
-                        .await?,
-                )
+                let media = self
+                    .fetch_all(r.frames.into_iter().flatten().collect())
+                    .await?;
+                // Livepeer answers image-to-video with ONE video in `images[]`.
+                match media.as_slice() {
+                    [one] if one.content_type.starts_with("video/") => RunnerOutput::Media(media),
+                    _ => {
+                        return Err(RunnerError::Unsupported(format!(
+                            "image-to-video: the runner answered {} frame image(s); encoding \
+                             frames into one MP4 video is not implemented yet (a runner that \
+                             answers one video/* object works)",
+                            media.len()
+                        )))
+                    }
+                }
             }
             Capability::AudioToText => RunnerOutput::Transcript(parse(body)?),
             Capability::ImageToText => RunnerOutput::Caption(parse(body)?),

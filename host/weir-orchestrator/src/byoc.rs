@@ -29,7 +29,7 @@ use weir_protocol::info::{InfoModel, InfoPrice, BALANCE_HEADER, CHARGE_HEADER};
 use weir_protocol::AiHttpError;
 use weir_runtime::{Param, ParamValue, Registry, WorldKind};
 
-use crate::server::{agreed_charge, err, payment, Orchestrator};
+use crate::server::{agreed_charge, err, Orchestrator};
 
 /// A WASM `pipeline` component served as a BYOC capability (`[[orchestrator.pipelines]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -624,7 +624,7 @@ async fn run_request(
         return Err(err(400, format!("route `{route}` is not a valid path")));
     }
     let job = JobRequest::from_headers(headers)?;
-    let payment = payment(headers, o.max_payment_skew())?;
+    let payment = o.payment(headers)?;
     let offered = o.byoc().get(&job.capability)?;
     let account = credit::account(&job.capability, BYOC_MODEL);
     if payment.account != account {

@@ -106,6 +106,13 @@ pub struct OrchestratorConfig {
     pub models: Vec<ModelEntry>,
     /// Payments older or newer than this are refused.
     pub max_payment_skew: Duration,
+    /// Public keys of the gateways whose credits are accepted (hex as the `Weir-Payment`
+    /// header names senders, or base64). Empty and not `accept_any_sender`: every credit is
+    /// refused.
+    pub trusted_senders: Vec<String>,
+    /// Accept credits from any sender: local development only, since a credit from a key
+    /// anyone can generate is free work.
+    pub accept_any_sender: bool,
     /// Cap on one uploaded file.
     pub max_file_bytes: usize,
     /// Cap on a whole request body.

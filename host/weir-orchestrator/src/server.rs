@@ -15,6 +15,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use weir_models::capacity::{Capacity, Slot};
 use weir_models::{Health, ModelRunner, OutputMedia, RunnerError, RunnerInput, RunnerOutput};
 use weir_payments::credit::{self, Payment, PaymentError};
+use weir_payments::trust::SenderTrust;
 use weir_payments::{Ledger, LedgerError, UnitPrice};
 use weir_protocol::ai::{AudioResponse, ImageResponse, Media, MediaFacts};
 use weir_protocol::body::parse_request;
@@ -65,6 +66,8 @@ struct Metrics {
 
 struct Inner {
     config: OrchestratorConfig,
+    /// Whose credits are accepted.
+    senders: SenderTrust,
     registry: Arc<Registry>,
     ledger: Ledger,
     models: Vec<ModelSlot>,
@@ -211,6 +214,7 @@ impl Orchestrator {
                 timeout: entry.timeout(),
             });
         }
+        let senders = sender_trust(&config)?;
         let transcode =
             TranscodeSlot::build(&config.transcode).map_err(OrchestratorError::Config)?;
         let released = ledger
@@ -242,6 +246,7 @@ impl Orchestrator {
         Ok(Orchestrator {
             inner: Arc::new(Inner {
                 config,
+                senders,
                 registry,
                 ledger,
                 models,
@@ -297,8 +302,13 @@ impl Orchestrator {
         })
     }
 
-    pub(crate) fn max_payment_skew(&self) -> std::time::Duration {
-        self.inner.config.max_payment_skew
+    /// The verified payment of a request, from a trusted sender.
+    pub(crate) fn payment(&self, headers: &HeaderMap) -> Result<Payment, AiHttpError> {
+        payment(
+            headers,
+            self.inner.config.max_payment_skew,
+            &self.inner.senders,
+        )
     }
 
     /// The HTTP routes: `GET /info`, `POST /transcode`, `POST /{capability}`, BYOC
@@ -349,9 +359,10 @@ impl Orchestrator {
         })
     }
 
+    /// A failed quote refuses the request: 503 with the cause (the gateway moves on).
     pub(crate) fn pricing_error(&self, e: String) -> AiHttpError {
         err(
-            500,
+            503,
             format!("pricing component `{}`: {e}", self.inner.config.pricing),
         )
     }
@@ -399,7 +410,7 @@ impl Orchestrator {
         })
     }
 
-    fn quote(
+    async fn quote(
         &self,
         m: &ModelSlot,
         sender: &str,
@@ -420,10 +431,12 @@ impl Orchestrator {
             output,
             units,
         )
+        .await
     }
 
     /// What the pricing component charges `sender` for `units` of `capability`/`model`.
-    pub(crate) fn quote_for(
+    /// The component runs off the async workers; a trap, timeout or bad answer is an error.
+    pub(crate) async fn quote_for(
         &self,
         capability: &str,
         model: &str,
@@ -453,7 +466,8 @@ impl Orchestrator {
             capacity: capacity.limit(),
         };
         let price = pricing
-            .quote(&request, &context)
+            .quote_async(request, context)
+            .await
             .map_err(|e| e.to_string())?;
         if price.pixels_per_unit == 0 {
             return Err("the pricing component quoted 0 pixels per unit".to_owned());
@@ -462,13 +476,11 @@ impl Orchestrator {
     }
 
     /// What `/info` answers.
-    pub fn info(&self) -> OrchestratorInfo {
-        let models = self
-            .inner
-            .models
-            .iter()
-            .filter_map(|m| match self.quote(m, "", MediaFacts::default(), 0) {
-                Ok(price) => Some(InfoModel {
+    pub async fn info(&self) -> OrchestratorInfo {
+        let mut models = Vec::with_capacity(self.inner.models.len());
+        for m in &self.inner.models {
+            match self.quote(m, "", MediaFacts::default(), 0).await {
+                Ok(price) => models.push(InfoModel {
                     capability: m.capability.id().to_owned(),
                     model_id: m.model_id.clone(),
                     warm: m.warm.load(Ordering::Relaxed),
@@ -483,11 +495,9 @@ impl Orchestrator {
                 }),
                 Err(e) => {
                     tracing::warn!(capability = %m.capability, model = %m.model_id, error = %e, "not advertised: no price");
-                    None
                 }
-            })
-            .collect::<Vec<_>>();
-        let mut models = models;
+            }
+        }
         if let Some(t) = &self.inner.transcode {
             let output = weir_runtime::OutputSize {
                 width: 0,
@@ -495,7 +505,10 @@ impl Orchestrator {
                 frames: 0,
                 count: 1,
             };
-            match self.quote_for(live::CAPABILITY, live::MODEL, &t.capacity, "", output, 0) {
+            match self
+                .quote_for(live::CAPABILITY, live::MODEL, &t.capacity, "", output, 0)
+                .await
+            {
                 Ok(price) => models.push(InfoModel {
                     capability: live::CAPABILITY.to_owned(),
                     model_id: live::MODEL.to_owned(),
@@ -574,7 +587,7 @@ impl Orchestrator {
 
         // The payment is checked now and applied together with the job's reservation; a job
         // that ends without a result takes both back, so both sides keep the same balance.
-        let payment = payment(headers, inner.config.max_payment_skew)?;
+        let payment = self.payment(headers)?;
         let header_model = headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok());
         let model = header_model.or(parsed.model_named.then(|| parsed.request.model_id()));
         let m = self.slot(capability, model)?;
@@ -606,6 +619,7 @@ impl Orchestrator {
             .map_err(|e| err(400, e))?;
         let price = self
             .quote(m, &payment.sender, parsed.facts, units)
+            .await
             .map_err(|e| self.pricing_error(e))?;
         let charge = agreed_charge(
             &format!("{capability}/{}", m.model_id),
@@ -673,19 +687,47 @@ impl Orchestrator {
     }
 }
 
-pub(crate) fn payment(
+/// The sender allow-list of `config`, logged: loudly when open, with a warning when empty.
+fn sender_trust(config: &OrchestratorConfig) -> Result<SenderTrust, OrchestratorError> {
+    let senders = SenderTrust::new(&config.trusted_senders, config.accept_any_sender)
+        .map_err(|e| OrchestratorError::Config(e.to_string()))?;
+    match &senders {
+        SenderTrust::Open => tracing::warn!(
+            "DEVELOPMENT ONLY: accept_any_sender is on, credits from ANY sender are accepted; \
+             anyone who can reach this orchestrator gets free work"
+        ),
+        s if s.refuses_all() => tracing::warn!(
+            "no trusted_senders configured: every payment will be refused (402); list the \
+             gateways' public keys in [orchestrator] trusted_senders"
+        ),
+        SenderTrust::AllowList(keys) => {
+            tracing::info!(
+                senders = keys.len(),
+                "payments accepted from trusted senders"
+            )
+        }
+    }
+    Ok(senders)
+}
+
+fn payment(
     headers: &HeaderMap,
     max_skew: std::time::Duration,
+    senders: &SenderTrust,
 ) -> Result<Payment, AiHttpError> {
     let value = headers
         .get(PAYMENT_HEADER)
         .ok_or_else(|| err(402, "payment required: send a signed Weir-Payment header"))?
         .to_str()
         .map_err(|_| err(402, "the Weir-Payment header is not ASCII"))?;
-    credit::verify(value, max_skew).map_err(|e| match e {
+    let payment = credit::verify(value, max_skew).map_err(|e| match e {
         PaymentError::BadSignature(_) => err(401, e.to_string()),
         other => err(402, other.to_string()),
-    })
+    })?;
+    senders
+        .check(&payment.sender)
+        .map_err(|e| err(402, e.to_string()))?;
+    Ok(payment)
 }
 
 fn runner_error(e: RunnerError) -> AiHttpError {
@@ -736,7 +778,7 @@ fn body_of(output: RunnerOutput) -> serde_json::Value {
 }
 
 async fn info(State(o): State<Orchestrator>) -> Json<OrchestratorInfo> {
-    Json(o.info())
+    Json(o.info().await)
 }
 
 async fn job(

@@ -31,11 +31,14 @@ use weir_protocol::byoc::{
 };
 use weir_protocol::info::BALANCE_HEADER;
 use weir_protocol::AiHttpError;
-use weir_runtime::{Param, ParamValue, PipelineStream, StreamInfo, WorldKind};
+use weir_runtime::{
+    describe_guest_error, CallFailure, LoadedComponent, Param, ParamValue, PipelineStream,
+    RuntimeError, StreamInfo, WorldKind,
+};
 use weir_trickle::{ChannelGrant, Publisher, Subscriber};
 
 use crate::byoc::{debit_time, Backend, Debited, Offered};
-use crate::server::{agreed_charge, err, payment, Orchestrator};
+use crate::server::{agreed_charge, err, Orchestrator};
 
 /// The trickle channels of one stream.
 struct Channels {
@@ -58,10 +61,26 @@ impl Channels {
     }
 }
 
+/// Where the outcome of a params update goes: `Ok(true)` when the pipeline applied them,
+/// `Ok(false)` when they were handed on without an answer (to be published on the control
+/// channel, for external workers).
+type UpdateReply = oneshot::Sender<Result<bool, AiHttpError>>;
+
 enum Command {
-    Update(serde_json::Value, oneshot::Sender<Result<(), AiHttpError>>),
+    /// New params; `defer_to_control`: for an external worker, do not forward them (the
+    /// gateway publishes them on the control channel) and answer `Ok(false)`.
+    Update(serde_json::Value, bool, UpdateReply),
     Stop(String, oneshot::Sender<()>),
 }
+
+/// A control message for the pipeline task, with where its outcome goes (none for messages
+/// read from the control channel, which nobody waits on).
+type ControlMessage = (String, Option<UpdateReply>);
+
+/// Instance replacements allowed within [`RESTART_WINDOW`] before a stream is failed.
+const MAX_RESTARTS: usize = 3;
+/// The window [`MAX_RESTARTS`] counts in.
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// What `GET /ai/stream/{id}/status` answers.
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +96,12 @@ pub(crate) struct StreamStatus {
     errors: u64,
     last_error: Option<String>,
     stop_reason: Option<String>,
+    /// Times a failed pipeline instance was replaced by a fresh one.
+    restarts: u32,
+    /// Why the stream failed (state `failed`).
+    error: Option<String>,
+    /// The params the pipeline accepted last (start params merged with applied updates).
+    params: serde_json::Value,
 }
 
 struct Live {
@@ -151,7 +176,7 @@ pub(crate) async fn start(
         } else {
             stream_id
         };
-        let payment = payment(&headers, o.max_payment_skew())?;
+        let payment = o.payment(&headers)?;
         open(
             &o,
             &job.capability,
@@ -196,7 +221,7 @@ pub(crate) async fn live_video_to_video(
     let run = async {
         let req: LiveVideoToVideo = serde_json::from_slice(&body)
             .map_err(|e| err(400, format!("not a live-video-to-video request: {e}")))?;
-        let payment = payment(&headers, o.max_payment_skew())?;
+        let payment = o.payment(&headers)?;
         open(
             &o,
             &req.model_id,
@@ -373,6 +398,9 @@ async fn open(
         errors: 0,
         last_error: None,
         stop_reason: None,
+        restarts: 0,
+        error: None,
+        params: params.clone(),
     }));
     let (commands, rx) = mpsc::channel(16);
     let inserted = {
@@ -548,13 +576,21 @@ impl Owner {
         let base = self.o.service_url().to_owned();
         let client = self.o.byoc().client.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (updates_tx, updates_rx) = mpsc::channel::<String>(16);
+        let (updates_tx, updates_rx) = mpsc::channel::<ControlMessage>(16);
         let (events, events_writer) = Events::spawn(Publisher::new(
             client.clone(),
             self.channels.events.publish_url(&base),
         ));
+        let (capability, params) = {
+            let s = self.status.lock();
+            (s.capability.clone(), s.params.clone())
+        };
         let media = pipeline.map(|p| {
             let m = PipelineMedia {
+                component: p.component().clone(),
+                capability,
+                params,
+                restarts: Vec::new(),
                 client: client.clone(),
                 input: self.channels.input.subscribe_url(&base),
                 output: self.channels.output.publish_url(&base),
@@ -574,11 +610,22 @@ impl Owner {
         let mut warned = false;
         let mut media = media;
         let mut done_reply = None;
+        let mut failed = false;
+        let mut progress = self.progress();
         let reason = loop {
             tokio::select! {
                 _ = tick.tick() => {
                     ticks += 1;
                     let ms = last_debit.elapsed().as_millis() as u64;
+                    let now = self.progress();
+                    let failing = now.1 > progress.1 && now.0 == progress.0;
+                    progress = now;
+                    if failing {
+                        // The pipeline only failed since the last debit: that time is free.
+                        tracing::debug!(stream = %self.stream_id, ms, "no output, only errors: not debited");
+                        last_debit = Instant::now();
+                        continue;
+                    }
                     match self.debit(ticks, ms).await {
                         Ok(()) => {
                             last_debit = Instant::now();
@@ -598,9 +645,8 @@ impl Owner {
                     }
                 }
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Update(params, reply)) => {
-                        let r = self.update(&worker_side, &params, &updates_tx).await;
-                        let _ = reply.send(r);
+                    Some(Command::Update(params, defer, reply)) => {
+                        self.update(&worker_side, params, defer, reply, &updates_tx).await;
                     }
                     Some(Command::Stop(why, reply)) => {
                         done_reply = Some(reply);
@@ -610,18 +656,25 @@ impl Owner {
                 },
                 ended = async { match media.as_mut() { Some(m) => m.await, None => std::future::pending().await } }, if media.is_some() => {
                     media = None;
+                    failed = true;
                     match ended {
-                        Ok(why) => break why,
+                        Ok(Ended { reason, failed: f }) => {
+                            failed = f;
+                            break reason;
+                        }
                         Err(e) => break format!("the pipeline task failed: {e}"),
                     }
                 }
             }
         };
-        // Charge the time since the last debit, then tear everything down.
-        ticks += 1;
-        let _ = self
-            .debit(ticks, last_debit.elapsed().as_millis() as u64)
-            .await;
+        // Charge the time since the last debit (unless the pipeline failed: nothing came out
+        // of it at the end), then tear everything down.
+        if !failed {
+            ticks += 1;
+            let _ = self
+                .debit(ticks, last_debit.elapsed().as_millis() as u64)
+                .await;
+        }
         let _ = stop_tx.send(true);
         if let Some(m) = media {
             let _ = m.await;
@@ -629,11 +682,13 @@ impl Owner {
         if let Backend::Worker { url, token } = &self.offered.backend {
             stop_worker(&self.o, url, token.as_deref(), &self.stream_id).await;
         }
-        events
-            .publish(
-                serde_json::json!({"type": "stopped", "stream_id": self.stream_id, "reason": reason}),
-            )
-            .await;
+        let restarts = self.status.lock().restarts;
+        let mut stopped = serde_json::json!({"type": "stopped", "stream_id": self.stream_id, "reason": reason, "restarts": restarts});
+        if failed {
+            stopped["failed"] = true.into();
+            stopped["error"] = reason.clone().into();
+        }
+        events.publish(stopped).await;
         // The pipeline task has ended, so this was the last sender: the writer drains and ends.
         drop(events);
         if tokio::time::timeout(Duration::from_secs(5), events_writer)
@@ -644,8 +699,11 @@ impl Owner {
         }
         {
             let mut s = self.status.lock();
-            s.state = "stopped";
+            s.state = if failed { "failed" } else { "stopped" };
             s.stop_reason = Some(reason.clone());
+            if failed {
+                s.error = Some(reason.clone());
+            }
         }
         // Let subscribers read the last event before the channels go.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -680,13 +738,25 @@ impl Owner {
         }
     }
 
+    /// Output segments and errors so far (what tells a failing pipeline from a working one).
+    fn progress(&self) -> (u64, u64) {
+        let s = self.status.lock();
+        (s.segments_out, s.errors)
+    }
+
+    /// Deliver new params and answer `reply`: a pipeline answers once `on-control` returned
+    /// (its refusal is the answer); an external worker gets them over `POST /stream/params`,
+    /// or not at all when `defer` (the gateway publishes them on the control channel).
     async fn update(
         &self,
         worker_side: &WorkerStreamStart,
-        params: &serde_json::Value,
-        pipeline: &mpsc::Sender<String>,
-    ) -> Result<(), AiHttpError> {
-        match &self.offered.backend {
+        params: serde_json::Value,
+        defer: bool,
+        reply: UpdateReply,
+        pipeline: &mpsc::Sender<ControlMessage>,
+    ) {
+        let r = match &self.offered.backend {
+            Backend::Worker { .. } if defer => Ok(false),
             Backend::Worker { url, token } => {
                 let mut request = self
                     .o
@@ -695,12 +765,15 @@ impl Owner {
                     .post(format!("{url}/stream/params"))
                     .header(STREAM_ID_HEADER, &worker_side.stream_id)
                     .timeout(self.o.byoc().config().worker_timeout())
-                    .json(params);
+                    .json(&params);
                 if let Some(t) = token {
                     request = request.bearer_auth(t);
                 }
                 match request.send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) if r.status().is_success() => {
+                        self.status.lock().params = params;
+                        Ok(true)
+                    }
                     Ok(r) => Err(err(
                         502,
                         format!("the worker refused the params ({})", r.status()),
@@ -708,11 +781,17 @@ impl Owner {
                     Err(e) => Err(err(502, format!("the worker is unreachable: {e}"))),
                 }
             }
-            Backend::Pipeline { .. } => pipeline
-                .send(params.to_string())
-                .await
-                .map_err(|_| err(409, "the stream's pipeline has stopped")),
-        }
+            Backend::Pipeline { .. } => {
+                // The pipeline task answers once `on-control` returned.
+                if let Err(mpsc::error::SendError((_, Some(reply)))) =
+                    pipeline.send((params.to_string(), Some(reply))).await
+                {
+                    let _ = reply.send(Err(err(409, "the stream's pipeline has stopped")));
+                }
+                return;
+            }
+        };
+        let _ = reply.send(r);
     }
 }
 
@@ -744,6 +823,13 @@ impl Events {
 
 /// Runs a pipeline component over a stream's channels.
 struct PipelineMedia {
+    /// The component version the stream started on; failed instances are replaced from it.
+    component: Arc<LoadedComponent>,
+    capability: String,
+    /// The start params merged with every update the pipeline accepted.
+    params: serde_json::Value,
+    /// When failed instances were replaced (within [`RESTART_WINDOW`]).
+    restarts: Vec<Instant>,
     client: reqwest::Client,
     input: String,
     output: String,
@@ -754,6 +840,25 @@ struct PipelineMedia {
     stream_id: String,
 }
 
+/// How a pipeline task ended.
+struct Ended {
+    reason: String,
+    /// The pipeline failed (as opposed to a stop or the end of the input).
+    failed: bool,
+}
+
+/// Whether a failed call discarded the stream's instance (every failure but a guest's own
+/// error does).
+fn instance_lost(e: &RuntimeError) -> bool {
+    !matches!(
+        e,
+        RuntimeError::Call {
+            failure: CallFailure::Guest(_),
+            ..
+        }
+    )
+}
+
 /// Whether a control message is Livepeer's keepalive.
 fn keepalive(text: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(text)
@@ -761,25 +866,41 @@ fn keepalive(text: &str) -> bool {
         .is_some_and(|v| v.get("keep").and_then(|k| k.as_str()) == Some("alive"))
 }
 
+/// `params` with the keys of the JSON object `update` set over them.
+fn merged(params: &serde_json::Value, update: &str) -> Option<serde_json::Value> {
+    let serde_json::Value::Object(update) = serde_json::from_str(update).ok()? else {
+        return None;
+    };
+    let mut out = match params {
+        serde_json::Value::Object(m) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    out.extend(update);
+    Some(serde_json::Value::Object(out))
+}
+
+/// What one message did: the stream back (`None`: its instance is gone) and the error, if any.
+type Handled = (Option<PipelineStream>, Option<String>);
+
 impl PipelineMedia {
-    /// Until the input ends or `stop` is set: each input segment through `on-segment`, each
-    /// control message through `on-control`. Returns why it ended.
+    /// Until the input ends, `stop` is set or the pipeline fails for good: each input segment
+    /// through `on-segment`, each control message through `on-control`; a failed instance is
+    /// replaced up to [`MAX_RESTARTS`] times within [`RESTART_WINDOW`].
     async fn run(
-        self,
+        mut self,
         stream: PipelineStream,
         mut stop: watch::Receiver<bool>,
-        mut updates: mpsc::Receiver<String>,
-    ) -> String {
+        mut updates: mpsc::Receiver<ControlMessage>,
+    ) -> Ended {
         let mut stream = Some(stream);
         let mut input = Subscriber::new(self.client.clone(), self.input.clone()).starting_at(0);
         let mut control = Subscriber::new(self.client.clone(), self.control.clone()).starting_at(0);
         let mut output = Publisher::new(self.client.clone(), self.output.clone());
-        let events = &self.events;
         let mut failures = 0u32;
         let mut control_open = true;
-        let reason = loop {
+        let ended = loop {
             let message = tokio::select! {
-                _ = stop.changed() => break "stopped".to_owned(),
+                _ = stop.changed() => break Ended { reason: "stopped".to_owned(), failed: false },
                 seg = input.next() => match seg {
                     Ok(Some(seg)) => {
                         let seq = seg.seq();
@@ -788,12 +909,12 @@ impl PipelineMedia {
                             Err(e) => Message::Bad(format!("input segment {seq}: {e}")),
                         }
                     }
-                    Ok(None) => break "the input ended".to_owned(),
+                    Ok(None) => break Ended { reason: "the input ended".to_owned(), failed: false },
                     Err(e) => Message::Bad(format!("input: {e}")),
                 },
                 msg = control.next(), if control_open => match msg {
                     Ok(Some(m)) => match m.bytes(64 * 1024).await {
-                        Ok(b) => Message::Control(String::from_utf8_lossy(&b).into_owned()),
+                        Ok(b) => Message::Control(String::from_utf8_lossy(&b).into_owned(), None),
                         Err(e) => Message::Bad(format!("control: {e}")),
                     },
                     Ok(None) | Err(_) => {
@@ -802,98 +923,38 @@ impl PipelineMedia {
                         continue;
                     }
                 },
-                Some(text) = updates.recv() => Message::Control(text),
+                Some((text, reply)) = updates.recv() => Message::Control(text, reply),
             };
-            let Some(mut s) = stream.take() else {
-                break "the pipeline instance is gone".to_owned();
+            let Some(s) = stream.take() else {
+                break Ended {
+                    reason: "the pipeline instance is gone".to_owned(),
+                    failed: true,
+                };
             };
-            let (back, outcome) = match message {
-                Message::Segment(seq, data) => {
-                    self.status.lock().segments_in += 1;
-                    let r = tokio::task::spawn_blocking(move || {
-                        let duration_ms = weir_media::transcode::probe(&data)
-                            .map(|i| u32::try_from(i.duration_ms).unwrap_or(u32::MAX))
-                            .unwrap_or(2000);
-                        let segment = weir_runtime::media::Segment {
-                            seq,
-                            duration_ms,
-                            content_type: "video/mp2t".to_owned(),
-                            data: data.to_vec().into(),
-                        };
-                        let r = s.on_segment(segment);
-                        (s, r)
-                    })
-                    .await;
-                    match r {
-                        Ok((s, Ok(out))) => {
-                            let mut sent = 0;
-                            let mut publish_error = None;
-                            for seg in out {
-                                match output.write(Bytes::copy_from_slice(&seg.data)).await {
-                                    Ok(_) => sent += 1,
-                                    Err(e) => publish_error = Some(e.to_string()),
-                                }
-                            }
-                            self.status.lock().segments_out += sent;
-                            (
-                                Some(s),
-                                publish_error.map(|e| format!("output segment not published: {e}")),
-                            )
-                        }
-                        Ok((s, Err(e))) => (Some(s), Some(format!("segment {seq}: {e}"))),
-                        Err(e) => (None, Some(format!("the pipeline crashed: {e}"))),
-                    }
-                }
-                Message::Control(text) if keepalive(&text) => (Some(s), None),
-                Message::Control(text) => {
-                    let r = tokio::task::spawn_blocking(move || {
-                        let r = s.on_control(&text);
-                        (s, r)
-                    })
-                    .await;
-                    match r {
-                        Ok((s, Ok(()))) => {
-                            events.publish(serde_json::json!({"type": "params_applied", "stream_id": self.stream_id}),
-                            )
-                            .await;
-                            (Some(s), None)
-                        }
-                        Ok((s, Err(e))) => (Some(s), Some(format!("control: {e}"))),
-                        Err(e) => (None, Some(format!("the pipeline crashed: {e}"))),
-                    }
-                }
-                Message::Bad(why) => (Some(s), Some(why)),
-            };
+            let (back, outcome) = self.handle(s, message, &mut output).await;
             stream = back;
-            match outcome {
-                None => {
-                    failures = 0;
-                    let (i, out) = {
-                        let s = self.status.lock();
-                        (s.segments_in, s.segments_out)
-                    };
-                    events.publish(serde_json::json!({"type": "status", "stream_id": self.stream_id, "segments_in": i, "segments_out": out}),
-                    )
-                    .await;
-                }
-                Some(why) => {
-                    failures += 1;
-                    tracing::warn!(stream = %self.stream_id, error = %why, "pipeline error");
-                    {
-                        let mut s = self.status.lock();
-                        s.errors += 1;
-                        s.last_error = Some(why.clone());
-                    }
-                    events.publish(serde_json::json!({"type": "error", "stream_id": self.stream_id, "message": why}),
-                    )
-                    .await;
-                    if stream.is_none() {
-                        break why;
-                    }
-                    if failures >= 10 {
-                        break format!("10 errors in a row; last: {why}");
+            let Some(why) = outcome else {
+                failures = 0;
+                self.publish_status().await;
+                continue;
+            };
+            failures += 1;
+            self.record_error(&why).await;
+            if stream.is_none() {
+                match self.replace(why).await {
+                    Ok(fresh) => stream = Some(fresh),
+                    Err(reason) => {
+                        break Ended {
+                            reason,
+                            failed: true,
+                        }
                     }
                 }
+            } else if failures >= 10 {
+                break Ended {
+                    reason: format!("10 errors in a row; last: {why}"),
+                    failed: true,
+                };
             }
         };
         if let Some(s) = stream {
@@ -904,13 +965,197 @@ impl PipelineMedia {
         if let Err(e) = output.close().await {
             tracing::debug!(error = %e, "output channel already closed");
         }
-        reason
+        ended
+    }
+
+    async fn handle(
+        &mut self,
+        s: PipelineStream,
+        message: Message,
+        output: &mut Publisher,
+    ) -> Handled {
+        match message {
+            Message::Segment(seq, data) => self.segment(s, seq, data, output).await,
+            Message::Control(text, None) if keepalive(&text) => (Some(s), None),
+            Message::Control(text, reply) => self.control(s, text, reply).await,
+            Message::Bad(why) => (Some(s), Some(why)),
+        }
+    }
+
+    async fn segment(
+        &self,
+        mut s: PipelineStream,
+        seq: u64,
+        data: Bytes,
+        output: &mut Publisher,
+    ) -> Handled {
+        self.status.lock().segments_in += 1;
+        let r = tokio::task::spawn_blocking(move || {
+            let duration_ms = weir_media::transcode::probe(&data)
+                .map(|i| u32::try_from(i.duration_ms).unwrap_or(u32::MAX))
+                .unwrap_or(2000);
+            let segment = weir_runtime::media::Segment {
+                seq,
+                duration_ms,
+                content_type: "video/mp2t".to_owned(),
+                data: data.to_vec().into(),
+            };
+            let r = s.on_segment(segment);
+            (s, r)
+        })
+        .await;
+        match r {
+            Ok((s, Ok(out))) => {
+                let mut sent = 0;
+                let mut publish_error = None;
+                for seg in out {
+                    match output.write(Bytes::copy_from_slice(&seg.data)).await {
+                        Ok(_) => sent += 1,
+                        Err(e) => publish_error = Some(e.to_string()),
+                    }
+                }
+                self.status.lock().segments_out += sent;
+                (
+                    Some(s),
+                    publish_error.map(|e| format!("output segment not published: {e}")),
+                )
+            }
+            Ok((s, Err(e))) => {
+                let lost = instance_lost(&e);
+                ((!lost).then_some(s), Some(format!("segment {seq}: {e}")))
+            }
+            Err(e) => (None, Some(format!("the pipeline crashed: {e}"))),
+        }
+    }
+
+    /// `on-control`; its outcome goes to `reply` when someone waits for it. A refusal with a
+    /// reply is the caller's answer, not a pipeline error.
+    async fn control(
+        &mut self,
+        mut s: PipelineStream,
+        text: String,
+        reply: Option<UpdateReply>,
+    ) -> Handled {
+        let message = text.clone();
+        let waited = reply.is_some();
+        let r = tokio::task::spawn_blocking(move || {
+            let r = s.on_control(&message);
+            (s, r)
+        })
+        .await;
+        let answer = |r: Result<bool, AiHttpError>| {
+            if let Some(reply) = reply {
+                let _ = reply.send(r);
+            }
+        };
+        match r {
+            Ok((s, Ok(()))) => {
+                if let Some(params) = merged(&self.params, &text) {
+                    self.params = params.clone();
+                    self.status.lock().params = params;
+                }
+                answer(Ok(true));
+                self.events
+                    .publish(
+                        serde_json::json!({"type": "params_applied", "stream_id": self.stream_id}),
+                    )
+                    .await;
+                (Some(s), None)
+            }
+            Ok((s, Err(e))) if !instance_lost(&e) => {
+                let message = match &e {
+                    RuntimeError::Call {
+                        failure: CallFailure::Guest(g),
+                        ..
+                    } => describe_guest_error(g),
+                    other => other.to_string(),
+                };
+                answer(Err(err(
+                    422,
+                    format!("the pipeline refused the params: {message}"),
+                )));
+                (Some(s), (!waited).then(|| format!("control: {e}")))
+            }
+            Ok((_, Err(e))) => {
+                answer(Err(err(
+                    500,
+                    format!("the pipeline failed on the params: {e}"),
+                )));
+                (None, Some(format!("control: {e}")))
+            }
+            Err(e) => {
+                answer(Err(err(500, "the pipeline crashed on the params")));
+                (None, Some(format!("the pipeline crashed: {e}")))
+            }
+        }
+    }
+
+    async fn publish_status(&self) {
+        let (i, out) = {
+            let s = self.status.lock();
+            (s.segments_in, s.segments_out)
+        };
+        self.events
+            .publish(serde_json::json!({"type": "status", "stream_id": self.stream_id, "segments_in": i, "segments_out": out}))
+            .await;
+    }
+
+    async fn record_error(&self, why: &str) {
+        tracing::warn!(stream = %self.stream_id, error = %why, "pipeline error");
+        {
+            let mut s = self.status.lock();
+            s.errors += 1;
+            s.last_error = Some(why.to_owned());
+        }
+        self.events
+            .publish(
+                serde_json::json!({"type": "error", "stream_id": self.stream_id, "message": why}),
+            )
+            .await;
+    }
+
+    /// A fresh instance started (`on-start`) with the stream's info and the params accepted
+    /// last, or why the stream must fail: its instances failed too often.
+    async fn replace(&mut self, mut why: String) -> Result<PipelineStream, String> {
+        loop {
+            self.restarts.retain(|t| t.elapsed() < RESTART_WINDOW);
+            if self.restarts.len() >= MAX_RESTARTS {
+                return Err(format!(
+                    "the pipeline failed after {MAX_RESTARTS} instance replacements within {} s; last error: {why}",
+                    RESTART_WINDOW.as_secs()
+                ));
+            }
+            self.restarts.push(Instant::now());
+            let restarts = {
+                let mut s = self.status.lock();
+                s.restarts += 1;
+                s.restarts
+            };
+            tracing::warn!(stream = %self.stream_id, restarts, error = %why, "replacing the failed pipeline instance");
+            let info = StreamInfo {
+                id: self.stream_id.clone(),
+                capability: self.capability.clone(),
+                params: params_of(&self.params),
+            };
+            let component = self.component.clone();
+            match tokio::task::spawn_blocking(move || component.start_stream(info)).await {
+                Ok(Ok(fresh)) => {
+                    self.events
+                        .publish(serde_json::json!({"type": "restarted", "stream_id": self.stream_id, "restarts": restarts, "error": why}))
+                        .await;
+                    return Ok(fresh);
+                }
+                Ok(Err(e)) => why = format!("restart: {e}"),
+                Err(e) => why = format!("restart crashed: {e}"),
+            }
+            self.record_error(&why).await;
+        }
     }
 }
 
 enum Message {
     Segment(u64, Bytes),
-    Control(String),
+    Control(String, Option<UpdateReply>),
     Bad(String),
 }
 
@@ -947,7 +1192,7 @@ fn named_stream(o: &Orchestrator, headers: &HeaderMap, body: &[u8]) -> Result<Na
     let live = map
         .get(&id)
         .ok_or_else(|| err(404, format!("no stream `{id}` runs here")))?;
-    let payment = payment(headers, o.max_payment_skew())?;
+    let payment = o.payment(headers)?;
     if payment.sender != live.sender {
         return Err(err(403, "the stream belongs to another sender"));
     }
@@ -968,28 +1213,36 @@ fn ok_or_error(r: Result<(), AiHttpError>) -> Response {
 }
 
 /// `POST /ai/stream/update`: new params for a running stream (a payment header authenticates
-/// the sender).
+/// the sender). A pipeline's `on-control` answers: `{"ok":true,"applied":true}` once it
+/// accepted them, its refusal (422) otherwise. With `"defer_to_control": true` in the body, an
+/// external worker's params are not forwarded (`"applied":false`): the caller publishes them on
+/// the control channel.
 pub(crate) async fn update(
     State(o): State<Orchestrator>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    ok_or_error(
-        async {
-            let body_json: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| err(400, format!("the params are not JSON: {e}")))?;
-            let named = named_stream(&o, &headers, &body)?;
-            let params = body_json.get("params").cloned().unwrap_or(body_json);
-            let (tx, rx) = oneshot::channel();
-            named
-                .commands
-                .send(Command::Update(params, tx))
-                .await
-                .map_err(|_| err(409, "the stream is stopping"))?;
-            rx.await.map_err(|_| err(409, "the stream is stopping"))?
-        }
-        .await,
-    )
+    let run = async {
+        let body_json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| err(400, format!("the params are not JSON: {e}")))?;
+        let named = named_stream(&o, &headers, &body)?;
+        let defer = body_json
+            .get("defer_to_control")
+            .and_then(|d| d.as_bool())
+            .unwrap_or(false);
+        let params = body_json.get("params").cloned().unwrap_or(body_json);
+        let (tx, rx) = oneshot::channel();
+        named
+            .commands
+            .send(Command::Update(params, defer, tx))
+            .await
+            .map_err(|_| err(409, "the stream is stopping"))?;
+        rx.await.map_err(|_| err(409, "the stream is stopping"))?
+    };
+    match run.await {
+        Ok(applied) => json_response(serde_json::json!({"ok": true, "applied": applied})),
+        Err(e) => e.into_response(),
+    }
 }
 
 /// `POST /ai/stream/stop`.
@@ -1059,13 +1312,22 @@ pub(crate) async fn top_up(
     }
 }
 
-/// `GET /ai/stream/{id}/status`.
+/// `GET /ai/stream/{id}/status`, for the stream's sender only: a `Weir-Payment` header (any
+/// amount, 0 included; nothing is credited) proves who asks, as on update and stop.
 pub(crate) async fn status(
     State(o): State<Orchestrator>,
     UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
 ) -> Response {
+    let asker = match o.payment(&headers) {
+        Ok(p) => p.sender,
+        Err(e) => return e.into_response(),
+    };
     let map = o.streams().map.lock();
     match map.get(&id) {
+        Some(live) if live.sender != asker => {
+            err(403, "the stream belongs to another sender").into_response()
+        }
         Some(live) => {
             let mut s = live.status.lock().clone();
             s.started_ms_ago = live.started.elapsed().as_millis() as u64;

@@ -24,7 +24,7 @@ use weir_payments::credit;
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
 use weir_protocol::AiHttpError;
 
-use crate::server::{agreed_charge, err, payment, Orchestrator};
+use crate::server::{agreed_charge, err, Orchestrator};
 
 pub use weir_media::wire::{CAPABILITY, MODEL};
 
@@ -199,7 +199,7 @@ impl Orchestrator {
         if body.is_empty() {
             return Err(err(400, "empty segment"));
         }
-        let payment = payment(headers, self.max_payment_skew())?;
+        let payment = self.payment(headers)?;
         let account = credit::account(CAPABILITY, MODEL);
         if payment.account != account {
             return Err(err(
@@ -226,6 +226,7 @@ impl Orchestrator {
                 output,
                 units,
             )
+            .await
             .map_err(|e| self.pricing_error(e))?;
         let reserved = agreed_charge(&account, &price, &payment, units)?;
         let permit = slot.capacity.try_acquire().map_err(|full| {

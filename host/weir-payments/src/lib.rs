@@ -7,9 +7,11 @@
 //!   a credit. The gateway side records what it spent per (orchestrator, capability, model).
 //!   Every movement carries a caller-chosen id: a retried credit or spend applies once.
 //! - [`credit`]: signed off-chain payments (the `Weir-Payment` header) and the sender's wallet.
+//! - [`trust`]: which senders an orchestrator takes credits from.
 
 pub mod credit;
 mod ledger;
+pub mod trust;
 
 pub use ledger::{Balance, Durability, Ledger, LedgerError, Reservation, TotalRow, Totals};
 

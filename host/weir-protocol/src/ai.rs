@@ -318,7 +318,17 @@ impl<'a> Reader<'a> {
             Some(prefix) => ct.split('/').next() == Some(prefix),
             None => ct == *t,
         });
-        if !accepted {
+        if ct.is_empty() {
+            self.errors.push(
+                name,
+                "missing_content_type",
+                format!(
+                    "the file part has no Content-Type and its bytes are not recognised \
+                     (accepted: {})",
+                    types.join(", ")
+                ),
+            );
+        } else if !accepted {
             self.errors.push(
                 name,
                 "unsupported_media_type",

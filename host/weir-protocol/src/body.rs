@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::ai::{AiRequest, FilePart, FormInput, MediaFacts};
 use crate::capability::Capability;
-use crate::error::ValidationErrors;
+use crate::error::{FieldError, ValidationErrors};
 
 /// Default cap on a whole request body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
@@ -89,6 +89,9 @@ pub async fn parse_request(
     body: Bytes,
     max_file_bytes: usize,
 ) -> Result<ParsedRequest, BodyError> {
+    if body.is_empty() {
+        return Err(empty_body(capability));
+    }
     let mime = mime_of(content_type);
     if capability.is_multipart() {
         if mime != "multipart/form-data" {
@@ -140,6 +143,40 @@ pub async fn parse_request(
     }
 }
 
+/// A request without a body: a 422 listing the required fields it lacks (FastAPI's answer),
+/// whatever content type it claims.
+fn empty_body(capability: Capability) -> BodyError {
+    let result = if capability.is_multipart() {
+        AiRequest::from_form(capability, &FormInput::default())
+    } else {
+        AiRequest::from_json(capability, &Value::Object(serde_json::Map::new()))
+    };
+    let mut errors = result.err().unwrap_or_default();
+    if errors.is_empty() {
+        errors.detail.push(FieldError {
+            loc: vec!["body".to_owned()],
+            msg: "Field required: the request has no body".to_owned(),
+            kind: "missing".to_owned(),
+        });
+    }
+    BodyError::Invalid(errors)
+}
+
+/// The media type of uploaded bytes a capability can read (PNG, JPEG, WebP, WAV), from their
+/// signature; clients often label uploads `application/octet-stream` or not at all.
+fn sniff(data: &[u8]) -> Option<&'static str> {
+    let image = match imagesize::image_type(data) {
+        Ok(imagesize::ImageType::Png) => Some("image/png"),
+        Ok(imagesize::ImageType::Jpeg) => Some("image/jpeg"),
+        Ok(imagesize::ImageType::Webp) => Some("image/webp"),
+        _ => None,
+    };
+    image.or_else(|| {
+        (data.len() >= 12 && &data[0..4] == b"RIFF" && &data[8..12] == b"WAVE")
+            .then_some("audio/wav")
+    })
+}
+
 /// An upload of a type the capability does not take is a 415, not a field error.
 fn unsupported_media(errors: ValidationErrors) -> BodyError {
     let media: Vec<String> = errors
@@ -185,8 +222,12 @@ async fn read_form(
             .map_err(|e| form_error(e, max_file_bytes))?;
         match filename {
             Some(filename) => {
-                let content_type =
-                    content_type.unwrap_or_else(|| "application/octet-stream".to_owned());
+                // What the bytes are wins over the label; no label and unknown bytes leave it
+                // empty, which validation reports as a field error naming the part.
+                let content_type = sniff(&data)
+                    .map(str::to_owned)
+                    .or(content_type)
+                    .unwrap_or_default();
                 parts.insert(
                     name.clone(),
                     FilePart {
@@ -335,9 +376,15 @@ mod tests {
         for (name, file, data) in parts {
             body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
             match file {
-                Some((filename, ct)) => body.extend_from_slice(
-                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {ct}\r\n\r\n").as_bytes(),
-                ),
+                Some((filename, ct)) => {
+                    body.extend_from_slice(
+                        format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n").as_bytes(),
+                    );
+                    if !ct.is_empty() {
+                        body.extend_from_slice(format!("Content-Type: {ct}\r\n").as_bytes());
+                    }
+                    body.extend_from_slice(b"\r\n");
+                }
                 None => body.extend_from_slice(
                     format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
                 ),
@@ -419,6 +466,44 @@ mod tests {
         .expect_err("invalid");
         assert_eq!(invalid.status(), 422);
         assert!(invalid.to_string().contains("prompt"), "{invalid}");
+    }
+
+    #[tokio::test]
+    async fn uploads_are_recognised_by_their_bytes_and_empty_bodies_name_the_fields() {
+        let img = png(32, 32);
+        for label in ["application/octet-stream", "text/plain", ""] {
+            let (ct, body) = multipart(&[
+                ("prompt", None, b"x"),
+                ("image", Some(("x.png", label)), &img),
+            ]);
+            let parsed = parse_request(Capability::Upscale, Some(&ct), body, 1 << 20)
+                .await
+                .unwrap_or_else(|e| panic!("a PNG labelled {label:?} is accepted: {e}"));
+            assert_eq!(parsed.files[0].content_type, "image/png");
+        }
+
+        let (ct, body) = multipart(&[
+            ("prompt", None, b"x"),
+            ("image", Some(("x.bin", "")), b"not an image"),
+        ]);
+        let unlabelled = parse_request(Capability::Upscale, Some(&ct), body, 1 << 20)
+            .await
+            .expect_err("unknown bytes without a type");
+        assert_eq!(unlabelled.status(), 422, "{unlabelled}");
+        assert!(unlabelled.to_string().contains("image"), "{unlabelled}");
+
+        for (capability, field) in [
+            (Capability::Upscale, "image"),
+            (Capability::TextToImage, "prompt"),
+        ] {
+            for content_type in [None, Some("application/json"), Some("multipart/form-data")] {
+                let empty = parse_request(capability, content_type, Bytes::new(), 1 << 20)
+                    .await
+                    .expect_err("no body");
+                assert_eq!(empty.status(), 422, "{empty}");
+                assert!(empty.to_string().contains(field), "{empty}");
+            }
+        }
     }
 
     #[test]

@@ -321,6 +321,20 @@ fn call_error(spec: &ComponentSpec, function: &'static str, failure: CallFailure
     }
 }
 
+/// What went wrong with a blocking call's task: its panic message, or a cancellation.
+fn describe_join_error(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return format!("the call was cancelled ({e}); the runtime is shutting down");
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("the host panicked while running the call: {message}")
+}
+
 /// Check a router's ranking: every index in range, none repeated.
 fn validate_ranking(ranking: &[u32], candidates: usize) -> Result<(), CallFailure> {
     let mut seen = vec![false; candidates];
@@ -508,6 +522,70 @@ impl LoadedComponent {
         )
     }
 
+    /// Router: [`select`](Self::select) off the async workers, on tokio's blocking pool and
+    /// within the runtime's bound on concurrent calls
+    /// ([`RuntimeConfig::max_concurrent_calls`](crate::RuntimeConfig::max_concurrent_calls)).
+    pub async fn select_async(
+        self: Arc<Self>,
+        request: JobRequest,
+        candidates: Vec<Candidate>,
+    ) -> Result<Vec<u32>, RuntimeError> {
+        self.off_thread("select", move |c| c.select(&request, &candidates))
+            .await
+    }
+
+    /// Pricing: [`quote`](Self::quote) off the async workers, like [`select_async`](Self::select_async).
+    pub async fn quote_async(
+        self: Arc<Self>,
+        request: JobRequest,
+        context: QuoteContext,
+    ) -> Result<Price, RuntimeError> {
+        self.off_thread("quote", move |c| c.quote(&request, &context))
+            .await
+    }
+
+    /// Pipeline: [`run`](Self::run) off the async workers, like [`select_async`](Self::select_async).
+    pub async fn run_async(
+        self: Arc<Self>,
+        request: JobRequest,
+        inputs: Vec<Blob>,
+    ) -> Result<(Vec<Blob>, Vec<Param>), RuntimeError> {
+        self.off_thread("run", move |c| c.run(request, inputs))
+            .await
+    }
+
+    /// Run `call` on tokio's blocking pool once a call slot is free. Waiting for the slot is
+    /// cancellable; a call that started runs to its end (the guest's deadline bounds it) and
+    /// holds its slot until then. A panic in `call` becomes [`CallFailure::Host`].
+    async fn off_thread<T: Send + 'static>(
+        self: Arc<Self>,
+        function: &'static str,
+        call: impl FnOnce(&LoadedComponent) -> Result<T, RuntimeError> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let host_failure = |msg: String| call_error(&self.spec, function, CallFailure::Host(msg));
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| host_failure(format!("no async runtime to run the call on: {e}")))?;
+        let permit = self
+            .spec
+            .runtime
+            .call_slots()
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| host_failure("the runtime's call slots are closed".to_owned()))?;
+        let component = self.clone();
+        let joined = handle
+            .spawn_blocking(move || {
+                let _permit = permit;
+                call(&component)
+            })
+            .await;
+        match joined {
+            Ok(result) => result,
+            Err(e) => Err(host_failure(describe_join_error(e))),
+        }
+    }
+
     /// Pipeline: start a stream on a fresh instance that lives until [`PipelineStream::stop`].
     pub fn start_stream(
         self: &Arc<Self>,
@@ -623,6 +701,21 @@ mod tests {
         );
         assert!(
             matches!(validate_ranking(&[1, 1], 3), Err(CallFailure::BadOutput(m)) if m.contains("twice"))
+        );
+    }
+
+    #[test]
+    fn a_panic_in_a_blocking_call_becomes_a_message() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let joined = rt.block_on(async {
+            tokio::task::spawn_blocking(|| -> u32 { panic!("guest host bug") }).await
+        });
+        let msg = describe_join_error(joined.expect_err("it panicked"));
+        assert!(
+            msg.contains("panicked") && msg.contains("guest host bug"),
+            "{msg}"
         );
     }
 

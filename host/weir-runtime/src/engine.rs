@@ -36,6 +36,17 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest linear memory any instance may reserve, in MiB (per-component limits are lower).
     pub max_memory_mib: u32,
+    /// Component calls that may run at once through the async entry points
+    /// ([`LoadedComponent::select_async`] ...); later ones wait for a slot. Guest code never
+    /// runs on an async worker thread: these calls run on tokio's blocking pool, and this bound
+    /// keeps looping guests from taking more than that many threads.
+    pub max_concurrent_calls: usize,
+}
+
+/// The default bound on concurrent component calls: 4 per core, at least 4.
+pub fn default_max_concurrent_calls() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores).max(4)
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +57,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(2),
             max_instances: 512,
             max_memory_mib: 1024,
+            max_concurrent_calls: default_max_concurrent_calls(),
         }
     }
 }
@@ -62,6 +74,7 @@ pub struct Runtime {
     media: crate::host::MediaSlot,
     metrics: RuntimeMetrics,
     ticker_stop: Arc<AtomicBool>,
+    call_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for Runtime {
@@ -129,6 +142,11 @@ impl Runtime {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), config.epoch_tick, ticker_stop.clone())?;
 
+        let call_slots = Arc::new(tokio::sync::Semaphore::new(
+            config
+                .max_concurrent_calls
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         Ok(Arc::new(Runtime {
             engine,
             router_linker,
@@ -140,6 +158,7 @@ impl Runtime {
             media: Default::default(),
             metrics,
             ticker_stop,
+            call_slots,
         }))
     }
 
@@ -151,6 +170,12 @@ impl Runtime {
     /// The metrics this runtime records into.
     pub fn metrics(&self) -> &RuntimeMetrics {
         &self.metrics
+    }
+
+    /// Slots for component calls off the async workers (see
+    /// [`RuntimeConfig::max_concurrent_calls`]).
+    pub(crate) fn call_slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.call_slots
     }
 
     pub(crate) fn linker(&self, world: WorldKind) -> &Linker<HostState> {

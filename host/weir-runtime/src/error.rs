@@ -25,10 +25,13 @@ pub enum CallFailure {
     BadOutput(String),
     /// A fresh instance could not be created.
     Instantiate(String),
+    /// The host could not run the call to its end (its worker panicked, or the runtime is
+    /// shutting down); the guest may not be at fault.
+    Host(String),
 }
 
 impl CallFailure {
-    /// Short label for metrics: `trap`, `timeout`, `oom`, `fuel`, `guest_error`, `bad_output`, `instantiate`.
+    /// Short label for metrics: `trap`, `timeout`, `oom`, `fuel`, `guest_error`, `bad_output`, `instantiate`, `host`.
     pub fn kind(&self) -> &'static str {
         match self {
             CallFailure::Trap(_) => "trap",
@@ -38,6 +41,7 @@ impl CallFailure {
             CallFailure::Guest(_) => "guest_error",
             CallFailure::BadOutput(_) => "bad_output",
             CallFailure::Instantiate(_) => "instantiate",
+            CallFailure::Host(_) => "host",
         }
     }
 }
@@ -56,6 +60,7 @@ impl std::fmt::Display for CallFailure {
             CallFailure::Guest(e) => write!(f, "returned an error: {}", describe_guest_error(e)),
             CallFailure::BadOutput(msg) => write!(f, "returned an invalid answer: {msg}"),
             CallFailure::Instantiate(msg) => write!(f, "could not be instantiated: {msg}"),
+            CallFailure::Host(msg) => write!(f, "could not be run by the host: {msg}"),
         }
     }
 }

@@ -5,7 +5,9 @@
 //!   an epoch ticker for call deadlines and a compiled-code cache on disk.
 //! - [`LoadedComponent`]: a component version checked against its world, with warm instances
 //!   and typed calls (`select`, `quote`, `run`, streams); traps, timeouts and out-of-memory
-//!   become [`CallFailure`]s, never crashes.
+//!   become [`CallFailure`]s, never crashes. Async callers use `select_async`, `quote_async` and
+//!   `run_async`, which run the call on tokio's blocking pool within
+//!   [`RuntimeConfig::max_concurrent_calls`], never on an async worker thread.
 //! - [`Registry`]: components in a directory, hot-reloaded when files change.
 //!
 //! ```no_run
@@ -40,7 +42,7 @@ pub use bindings::types::{
     Candidate, Error as GuestError, JobRequest, OutputSize, Param, ParamValue, Price,
 };
 pub use component::{LoadedComponent, PipelineStream};
-pub use engine::{Runtime, RuntimeConfig, MAX_WASM_BYTES};
+pub use engine::{default_max_concurrent_calls, Runtime, RuntimeConfig, MAX_WASM_BYTES};
 pub use error::{describe_guest_error, CallFailure, RuntimeError};
 pub use host::{MediaSource, NoLedger, PaymentsSource};
 pub use inspect::{Inspection, WorldCheck};

@@ -93,6 +93,48 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The defaults of a component of `world`: router and pricing calls sit on a request's
+    /// path (100 ms, 64 MiB); a pipeline's calls do live media work on whole segments and may
+    /// be interpreted (JavaScript, Python), so it gets 2 s and 256 MiB.
+    pub fn for_world(world: WorldKind) -> Limits {
+        match world {
+            WorldKind::Router | WorldKind::Pricing => Limits::default(),
+            WorldKind::Pipeline => Limits {
+                memory_mib: 256,
+                timeout_ms: 2_000,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+/// `[limits]` as written: what it leaves out comes from [`Limits::for_world`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    memory_mib: Option<u32>,
+    timeout_ms: Option<u32>,
+    fuel: Option<u64>,
+    pool_size: Option<u32>,
+    max_calls_per_instance: Option<u32>,
+}
+
+impl LimitsSpec {
+    fn resolve(self, world: WorldKind) -> Limits {
+        let d = Limits::for_world(world);
+        Limits {
+            memory_mib: self.memory_mib.unwrap_or(d.memory_mib),
+            timeout_ms: self.timeout_ms.unwrap_or(d.timeout_ms),
+            fuel: self.fuel.unwrap_or(d.fuel),
+            pool_size: self.pool_size.unwrap_or(d.pool_size),
+            max_calls_per_instance: self
+                .max_calls_per_instance
+                .unwrap_or(d.max_calls_per_instance),
+        }
+    }
+}
+
 /// A directory the component may open, as a WASI preopen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,9 +162,47 @@ pub struct Permissions {
     pub stdio: bool,
 }
 
+/// A component's manifest as written (limits not yet completed with the world's defaults).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestSpec {
+    name: String,
+    world: WorldKind,
+    #[serde(default = "default_version")]
+    version: String,
+    #[serde(default)]
+    wasm: Option<PathBuf>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    instance: Option<InstanceMode>,
+    #[serde(default)]
+    limits: LimitsSpec,
+    #[serde(default)]
+    permissions: Permissions,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+impl From<ManifestSpec> for Manifest {
+    fn from(m: ManifestSpec) -> Manifest {
+        Manifest {
+            limits: m.limits.resolve(m.world),
+            name: m.name,
+            world: m.world,
+            version: m.version,
+            wasm: m.wasm,
+            description: m.description,
+            instance: m.instance,
+            permissions: m.permissions,
+            config: m.config,
+        }
+    }
+}
+
 /// A component's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ManifestSpec")]
 pub struct Manifest {
     /// Unique name; must equal the manifest's file stem.
     pub name: String,
@@ -140,7 +220,7 @@ pub struct Manifest {
     /// Instance reuse (default: warm for router/pricing, fresh for pipeline).
     #[serde(default)]
     pub instance: Option<InstanceMode>,
-    /// Per-call limits.
+    /// Per-call limits: those the manifest sets, the rest from [`Limits::for_world`].
     #[serde(default)]
     pub limits: Limits,
     /// Grants beyond the Weir interfaces.
@@ -319,5 +399,26 @@ mod tests {
     fn pipelines_are_fresh_by_default() {
         let m = Manifest::parse("name = \"p\"\nworld = \"pipeline\"\n", None).expect("valid");
         assert_eq!(m.instance_mode(), InstanceMode::Fresh);
+    }
+
+    #[test]
+    fn limits_default_per_world_and_keep_what_the_manifest_sets() {
+        let r = Manifest::parse("name = \"r\"\nworld = \"router\"\n", None).expect("valid");
+        assert_eq!(r.limits, Limits::default());
+        assert_eq!(r.limits.timeout_ms, 100);
+        let p = Manifest::parse("name = \"p\"\nworld = \"pipeline\"\n", None).expect("valid");
+        assert_eq!((p.limits.timeout_ms, p.limits.memory_mib), (2_000, 256));
+        let p = Manifest::parse(
+            "name = \"p\"\nworld = \"pipeline\"\n[limits]\ntimeout_ms = 15000\n",
+            None,
+        )
+        .expect("valid");
+        assert_eq!((p.limits.timeout_ms, p.limits.memory_mib), (15_000, 256));
+        let err = Manifest::parse(
+            "name = \"p\"\nworld = \"pipeline\"\n[limits]\ntimeout = 1\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
     }
 }

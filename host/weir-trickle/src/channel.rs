@@ -10,6 +10,7 @@ use axum::http::HeaderValue;
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq as _;
 
+use crate::budget::{Accounts, Budget, Exhausted};
 use crate::segment::{End, Segment};
 
 /// What a token allows.
@@ -52,26 +53,45 @@ pub(crate) struct Channel {
     publish_token: String,
     subscribe_token: String,
     ring_len: usize,
+    /// Largest segment accepted on this channel.
+    pub(crate) max_segment_bytes: usize,
+    /// The node's budget and this channel's own, which its segments' bytes count against.
+    accounts: Accounts,
     ring: Mutex<Ring>,
     /// Milliseconds since the server's epoch of the last publish or subscribe activity.
     last_activity: AtomicU64,
 }
 
+/// The settings of one channel, beyond its name and tokens.
+pub(crate) struct ChannelSpec {
+    pub(crate) mime: HeaderValue,
+    pub(crate) ring_len: usize,
+    pub(crate) max_segment_bytes: usize,
+    /// Cap on the bytes of this channel's segments (at least `max_segment_bytes`).
+    pub(crate) max_channel_bytes: usize,
+    pub(crate) node: Arc<Budget>,
+}
+
 impl Channel {
     pub(crate) fn new(
         name: String,
-        mime: HeaderValue,
+        spec: ChannelSpec,
         publish_token: String,
         subscribe_token: String,
-        ring_len: usize,
         now_ms: u64,
     ) -> Channel {
+        let channel_budget = spec.max_channel_bytes.max(spec.max_segment_bytes);
         Channel {
             name,
-            mime,
+            mime: spec.mime,
             publish_token,
             subscribe_token,
-            ring_len: ring_len.max(1),
+            ring_len: spec.ring_len.max(1),
+            max_segment_bytes: spec.max_segment_bytes,
+            accounts: Accounts {
+                node: spec.node,
+                channel: Arc::new(Budget::new(channel_budget)),
+            },
             ring: Mutex::new(Ring {
                 segments: BTreeMap::new(),
                 next_write: 0,
@@ -113,7 +133,7 @@ impl Channel {
 
     /// Insert a fresh segment, evicting the oldest beyond the ring's length.
     fn insert(&self, r: &mut Ring, seq: i64) -> Arc<Segment> {
-        let segment = Arc::new(Segment::new(seq));
+        let segment = Arc::new(Segment::new(seq, self.accounts.clone()));
         if let Some(old) = r.segments.insert(seq, segment.clone()) {
             old.close(End::Aborted);
         }
@@ -132,13 +152,13 @@ impl Channel {
     /// segment at the live edge.
     pub(crate) fn for_read(&self, seq: i64) -> ReadTarget {
         let mut r = self.ring.lock();
-        if r.closed {
-            return ReadTarget::Closed;
-        }
         let latest = r.next_write;
+        if r.closed {
+            return Self::for_read_closed(&r, seq);
+        }
         let seq = match seq {
             -1 => latest,
-            -2 => (latest - 1).max(0),
+            -2 => latest.saturating_sub(1).max(0),
             s => s,
         };
         if let Some(segment) = r.segments.get(&seq) {
@@ -153,6 +173,48 @@ impl Channel {
             return ReadTarget::Segment(segment);
         }
         ReadTarget::Missing { seq, latest }
+    }
+
+    /// A GET on a closed channel: the segments it kept (written before the close, or still
+    /// being finished by their publisher) are served; anything else is told "closed".
+    fn for_read_closed(r: &Ring, seq: i64) -> ReadTarget {
+        let seq = match seq {
+            -1 => return ReadTarget::Closed,
+            -2 => r.next_write.saturating_sub(1).max(0),
+            s => s,
+        };
+        match r.segments.get(&seq) {
+            Some(segment) if segment.has_content() => ReadTarget::Segment(segment.clone()),
+            _ => ReadTarget::Closed,
+        }
+    }
+
+    /// Take `n` bytes for segment `seq` from the channel's and the node's budgets. When the
+    /// channel's own cap is reached, the oldest other segments are evicted from the ring
+    /// first (their bytes come back once no subscriber reads them any more).
+    pub(crate) fn reserve(&self, seq: i64, n: usize) -> Result<(), Exhausted> {
+        let mut r = self.ring.lock();
+        loop {
+            match self.accounts.try_take(n) {
+                Err(Exhausted::Channel) => {}
+                other => return other,
+            }
+            let oldest = r.segments.keys().copied().find(|s| *s != seq);
+            let Some(old) = oldest.and_then(|s| r.segments.remove(&s)) else {
+                return Err(Exhausted::Channel);
+            };
+            old.close(End::Aborted);
+        }
+    }
+
+    /// Give back `n` bytes taken by [`Self::reserve`] but not stored.
+    pub(crate) fn unreserve(&self, n: usize) {
+        self.accounts.give(n);
+    }
+
+    /// Bytes held by this channel's segments (in its ring, or evicted and still read).
+    pub(crate) fn buffered(&self) -> usize {
+        self.accounts.channel.used()
     }
 
     /// Resolve a POST for `seq` (`-1`: next write): the segment to write and its seq. A
@@ -211,6 +273,19 @@ impl Channel {
         r.next_write = r.next_write.max(seq.saturating_add(1));
     }
 
+    /// Take `segment` out of the ring if it is still there: its publisher aborted it, so
+    /// nothing more is served from it, and its bytes go once its current readers finish.
+    pub(crate) fn forget(&self, segment: &Arc<Segment>) {
+        let mut r = self.ring.lock();
+        let seq = segment.seq();
+        if r.segments
+            .get(&seq)
+            .is_some_and(|s| Arc::ptr_eq(s, segment))
+        {
+            r.segments.remove(&seq);
+        }
+    }
+
     /// Close one segment. Returns whether it was in the ring.
     pub(crate) fn close_segment(&self, seq: i64) -> bool {
         let r = self.ring.lock();
@@ -223,11 +298,34 @@ impl Channel {
         }
     }
 
-    /// Close the channel: every segment not yet complete ends, the ring is emptied.
+    /// Close the channel: no new segment is started. Segments with bytes or complete stay
+    /// readable (one still being written is finished by its publisher), so that subscribers
+    /// get everything written before the close; segments with nothing in them end now.
+    /// [`Self::release`] drops what is kept.
     pub(crate) fn close(&self) {
         let mut r = self.ring.lock();
         r.closed = true;
-        for seg in std::mem::take(&mut r.segments).into_values() {
+        let empty: Vec<i64> = r
+            .segments
+            .iter()
+            .filter(|(_, seg)| !seg.has_content())
+            .map(|(&s, _)| s)
+            .collect();
+        for s in empty {
+            if let Some(seg) = r.segments.remove(&s) {
+                seg.close(End::Closed);
+            }
+        }
+    }
+
+    /// Drop every segment of a closed channel: those still being written end now.
+    pub(crate) fn release(&self) {
+        let segments = {
+            let mut r = self.ring.lock();
+            r.closed = true;
+            std::mem::take(&mut r.segments)
+        };
+        for seg in segments.into_values() {
             seg.close(End::Closed);
         }
     }

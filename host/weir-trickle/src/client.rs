@@ -20,7 +20,7 @@ use reqwest::{Response, StatusCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{TrickleError, CLOSED_HEADER, LATEST_HEADER, RESET_HEADER, SEQ_HEADER};
+use crate::{TrickleError, CLOSED_HEADER, LATEST_HEADER, MAX_SEQ, RESET_HEADER, SEQ_HEADER};
 
 /// Transient failures in a row before [`Subscriber::next`] gives up.
 const MAX_RETRIES: u32 = 5;
@@ -29,19 +29,26 @@ const MAX_SKIPS: u32 = 50;
 /// Chunks queued between a [`SegmentWriter`] and its POST.
 const QUEUE: usize = 16;
 
-/// A spawned request, aborted when dropped.
-struct Pending<T> {
-    seq: i64,
+/// A spawned request for segment `seq`, aborted when dropped.
+struct Pending<T, S = i64> {
+    seq: S,
     task: JoinHandle<T>,
 }
 
-impl<T> Drop for Pending<T> {
+/// The seq after a publisher's `seq`, which must stay within [`MAX_SEQ`].
+fn next_seq(seq: u64) -> Result<u64, TrickleError> {
+    seq.checked_add(1)
+        .filter(|n| *n <= MAX_SEQ as u64)
+        .ok_or_else(|| TrickleError::BadSeq(format!("no seq after {seq}")))
+}
+
+impl<T, S> Drop for Pending<T, S> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl<T> Future for Pending<T> {
+impl<T, S: Unpin> Future for Pending<T, S> {
     type Output = Result<T, TrickleError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -100,7 +107,7 @@ type Chunk = Result<Bytes, std::io::Error>;
 struct OpenPost {
     tx: mpsc::Sender<Chunk>,
     finished: Arc<AtomicBool>,
-    response: Pending<Result<Response, reqwest::Error>>,
+    response: Pending<Result<Response, reqwest::Error>, u64>,
 }
 
 /// Publishes segments to a channel URL (`…/ai/trickle/{name}.{token}`): `POST {url}/{seq}`.
@@ -146,12 +153,13 @@ impl Publisher {
             Some(seq) => (seq, false),
             None => (self.first_seq().await?, true),
         };
+        let next = next_seq(seq)?;
         let post = match self.preconnected.take() {
-            Some(p) if p.response.seq == seq as i64 && !p.response.task.is_finished() => p,
+            Some(p) if p.response.seq == seq && !p.response.task.is_finished() => p,
             _ => self.open(seq, reset),
         };
-        self.next = Some(seq + 1);
-        self.preconnected = Some(self.open(seq + 1, false));
+        self.next = Some(next);
+        self.preconnected = Some(self.open(next, false));
         Ok(SegmentWriter {
             seq,
             post: Some(post),
@@ -194,15 +202,22 @@ impl Publisher {
             StatusCode::FORBIDDEN => return Err(TrickleError::Forbidden),
             _ => {}
         }
-        if let Some(seq) = header_i64(&response, LATEST_HEADER) {
-            return Ok(u64::try_from(seq).unwrap_or(0));
-        }
-        if response.status().is_success() {
-            if let Ok(text) = response.text().await {
-                return Ok(text.trim().parse().unwrap_or(0));
-            }
-        }
-        Ok(0)
+        let seq = match header_i64(&response, LATEST_HEADER) {
+            Some(seq) => seq.max(0),
+            None if response.status().is_success() => match response.text().await {
+                // A number too large for a seq is an error below, not a fresh start.
+                Ok(text) => match text.trim().parse::<u64>() {
+                    Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+                    Err(_) => 0,
+                },
+                Err(_) => 0,
+            },
+            None => 0,
+        };
+        u64::try_from(seq)
+            .ok()
+            .filter(|s| *s <= MAX_SEQ as u64)
+            .ok_or_else(|| TrickleError::BadSeq(format!("the server's next seq {seq}")))
     }
 
     /// Open `POST {url}/{seq}` with a body fed from a channel.
@@ -232,7 +247,7 @@ impl Publisher {
             tx,
             finished,
             response: Pending {
-                seq: seq as i64,
+                seq,
                 task: tokio::spawn(request.send()),
             },
         }
@@ -381,7 +396,12 @@ impl Subscriber {
                         .ok_or_else(|| {
                             TrickleError::Transport("the answer has no Lp-Trickle-Seq".into())
                         })?;
-                    self.seq = got + 1;
+                    self.seq = got
+                        .checked_add(1)
+                        .filter(|n| *n <= MAX_SEQ)
+                        .ok_or_else(|| {
+                            TrickleError::BadSeq(format!("the server sent segment {got}"))
+                        })?;
                     self.preconnected = Some(self.spawn_get(self.seq));
                     return Ok(Some(IncomingSegment {
                         seq: u64::try_from(got).unwrap_or_default(),
@@ -462,7 +482,7 @@ impl IncomingSegment {
     pub async fn bytes(mut self, max: usize) -> Result<Bytes, TrickleError> {
         let mut out = BytesMut::new();
         while let Some(chunk) = self.chunk().await? {
-            if out.len() + chunk.len() > max {
+            if out.len().saturating_add(chunk.len()) > max {
                 return Err(TrickleError::TooLarge);
             }
             out.extend_from_slice(&chunk);

@@ -12,8 +12,18 @@
 //! | `GET {ch}/{seq}` | subscribe to `seq` (`-1`: the next segment to be written, `-2`: the latest started); held open until its first byte, then streamed |
 //! | `GET {ch}/next` | the next seq, as plain text and in `Lp-Trickle-Latest` |
 //! | `POST {ch}` | create: succeeds for an existing channel (channels are created by the host, [`TrickleServer::create`]) |
-//! | `DELETE {ch}` | close the channel: waiting and later requests get `404` with `Lp-Trickle-Closed: terminated` |
+//! | `DELETE {ch}` | close the channel: requests for anything not written before get `404` with `Lp-Trickle-Closed: terminated` |
 //! | `DELETE {ch}/{seq}` | close one segment |
+//!
+//! A seq is `-1`, `-2` or plain decimal digits up to [`MAX_SEQ`]; anything else is `400`.
+//!
+//! A closed channel keeps the segments written (or being finished) before the close readable
+//! for [`TrickleConfig::closed_linger`], so a subscriber a little behind still gets every
+//! byte published before the `DELETE`; only then is it told `Lp-Trickle-Closed`.
+//!
+//! Buffers are bounded: per segment and per channel by the channel's kind
+//! ([`ChannelKind`], [`ChannelLimits`]; `413` for a segment over its cap), and node-wide by
+//! [`TrickleConfig::max_buffered_bytes`] (`503` once exhausted).
 //!
 //! The server keeps the last [`TrickleConfig::ring`] segments of each channel. A GET for a
 //! seq that fell out of the ring, or that is ahead of the next write, gets status `470` with
@@ -67,13 +77,14 @@
 //! # }
 //! ```
 
+mod budget;
 mod channel;
 mod client;
 mod segment;
 mod server;
 
 pub use client::{IncomingSegment, Publisher, SegmentWriter, Subscriber};
-pub use server::{ChannelGrant, TrickleConfig, TrickleServer};
+pub use server::{ChannelGrant, ChannelKind, ChannelLimits, TrickleConfig, TrickleServer, MAX_SEQ};
 
 /// Response header: the seq a request was served from or written to.
 pub const SEQ_HEADER: &str = "Lp-Trickle-Seq";
@@ -114,6 +125,9 @@ pub enum TrickleError {
     /// Connecting, sending or receiving failed.
     #[error("trickle transport: {0}")]
     Transport(String),
+    /// A seq from the server, or the next one after it, is out of range.
+    #[error("trickle seq out of range: {0}")]
+    BadSeq(String),
     /// A channel name must be 1 to 128 of `A-Z a-z 0-9 _ -`.
     #[error("invalid trickle channel name (1 to 128 of A-Z a-z 0-9 _ -)")]
     BadName,

@@ -6,6 +6,8 @@ use parking_lot::Mutex;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+use crate::budget::Accounts;
+
 /// Chunks at least this long are kept as they arrived (no copy).
 const KEEP_CHUNK: usize = 4 * 1024;
 /// Smaller chunks are copied into a tail buffer that is sealed at this length, so that a
@@ -63,19 +65,29 @@ struct State {
     writer: u64,
 }
 
-/// The bytes of one sequence number.
+/// The bytes of one sequence number. Its bytes were taken from `accounts` before each
+/// [`Segment::push`]; they are given back when the segment is dropped.
 pub(crate) struct Segment {
     seq: i64,
     state: Mutex<State>,
     notify: Notify,
+    accounts: Accounts,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        let len = self.state.get_mut().len;
+        self.accounts.give(len);
+    }
 }
 
 impl Segment {
-    pub(crate) fn new(seq: i64) -> Segment {
+    pub(crate) fn new(seq: i64, accounts: Accounts) -> Segment {
         Segment {
             seq,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            accounts,
         }
     }
 
@@ -117,7 +129,7 @@ impl Segment {
             if s.len > 0 || s.end.is_some() {
                 return None;
             }
-            s.writer += 1;
+            s.writer = s.writer.wrapping_add(1);
             s.writer
         };
         self.notify.notify_waiters();
@@ -135,7 +147,15 @@ impl Segment {
         }
     }
 
-    /// Append a chunk from writer `generation`.
+    /// Whether the segment holds bytes or completed (empty or not): something a reader can
+    /// be served once the channel is closed.
+    pub(crate) fn has_content(&self) -> bool {
+        let s = self.state.lock();
+        s.len > 0 || s.end == Some(End::Complete)
+    }
+
+    /// Append a chunk from writer `generation`. Its bytes must have been taken from the
+    /// segment's accounts already; they are owned by the segment only if this succeeds.
     pub(crate) fn push(&self, generation: u64, chunk: Bytes) -> Result<(), Stop> {
         {
             let mut s = self.state.lock();
@@ -145,7 +165,7 @@ impl Segment {
                 None if s.writer != generation => return Err(Stop::Superseded),
                 None => {}
             }
-            s.len += chunk.len();
+            s.len = s.len.saturating_add(chunk.len());
             if chunk.len() >= KEEP_CHUNK {
                 if !s.tail.is_empty() {
                     let tail = s.tail.split().freeze();
@@ -256,7 +276,7 @@ mod tests {
 
     #[test]
     fn positions_survive_sealing_the_tail() {
-        let seg = Segment::new(0);
+        let seg = Segment::new(0, Accounts::unlimited());
         let w = seg.attach_writer().expect("pristine");
         let mut pos = ReadPos::default();
         let mut expected = Vec::new();
@@ -279,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_new_writer_supersedes_an_idle_one() {
-        let seg = Segment::new(3);
+        let seg = Segment::new(3, Accounts::unlimited());
         let first = seg.attach_writer().expect("pristine");
         let second = seg.attach_writer().expect("still pristine");
         assert_eq!(seg.stopped(first), Some(Stop::Superseded));
@@ -292,5 +312,19 @@ mod tests {
         assert!(seg.close(End::Closed));
         assert_eq!(seg.stopped(second), Some(Stop::Closed));
         assert!(!seg.is_dead());
+    }
+
+    #[test]
+    fn dropping_a_segment_gives_its_bytes_back() {
+        let accounts = Accounts::unlimited();
+        let seg = Segment::new(0, accounts.clone());
+        let w = seg.attach_writer().expect("pristine");
+        for chunk in [&b"abc"[..], &[1u8; 5000]] {
+            accounts.try_take(chunk.len()).expect("room");
+            seg.push(w, Bytes::copy_from_slice(chunk)).expect("push");
+        }
+        assert_eq!(accounts.node.used(), 5003);
+        drop(seg);
+        assert_eq!((accounts.node.used(), accounts.channel.used()), (0, 0));
     }
 }

@@ -16,9 +16,50 @@ use futures_util::StreamExt as _;
 use parking_lot::{Mutex, RwLock};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 
-use crate::channel::{Access, Channel, ReadTarget, WriteRefused};
+use crate::budget::{Budget, Exhausted};
+use crate::channel::{Access, Channel, ChannelSpec, ReadTarget, WriteRefused};
 use crate::segment::{End, Read, ReadPos, Segment, Stop};
 use crate::{valid_name, TrickleError, CLOSED_HEADER, LATEST_HEADER, RESET_HEADER, SEQ_HEADER};
+
+/// Caps on one channel's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimits {
+    /// Largest segment accepted; a bigger one is aborted with `413`.
+    pub max_segment_bytes: usize,
+    /// Most bytes the channel's segments hold together (its ring, plus evicted segments a
+    /// subscriber still reads). Past it, the oldest segments are evicted; a write that
+    /// still does not fit is refused with `503`. Never below `max_segment_bytes`.
+    pub max_channel_bytes: usize,
+}
+
+/// What a channel carries, which picks its [`ChannelLimits`] from the [`TrickleConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Media segments (MPEG-TS video in and out): [`TrickleConfig::media`].
+    Media,
+    /// Control messages (JSON params, keep-alives): [`TrickleConfig::messages`].
+    Control,
+    /// Event messages (JSON status): [`TrickleConfig::messages`].
+    Events,
+    /// Data records (JSONL): [`TrickleConfig::messages`].
+    Data,
+}
+
+impl ChannelKind {
+    /// The kind a MIME type suggests: `video/*`, `audio/*` and `image/*` are media,
+    /// anything else is data.
+    pub fn from_mime(mime: &str) -> ChannelKind {
+        let top = mime.split('/').next().unwrap_or_default().trim();
+        if ["video", "audio", "image"]
+            .iter()
+            .any(|t| top.eq_ignore_ascii_case(t))
+        {
+            ChannelKind::Media
+        } else {
+            ChannelKind::Data
+        }
+    }
+}
 
 /// Settings of a [`TrickleServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +70,16 @@ pub struct TrickleConfig {
     pub idle_timeout: Duration,
     /// How often idle channels are looked for.
     pub sweep_interval: Duration,
-    /// Largest segment accepted; a bigger one is aborted with `413`.
-    pub max_segment_bytes: usize,
+    /// Caps of media channels.
+    pub media: ChannelLimits,
+    /// Caps of control, events and data channels.
+    pub messages: ChannelLimits,
+    /// Node-wide cap on the bytes buffered by all channels; a write past it is refused with
+    /// `503`.
+    pub max_buffered_bytes: usize,
+    /// How long a closed channel's segments stay readable, so that subscribers still get
+    /// what was written just before the close. Under memory pressure they go sooner.
+    pub closed_linger: Duration,
     /// Most channels open at once.
     pub max_channels: usize,
 }
@@ -41,8 +90,27 @@ impl Default for TrickleConfig {
             ring: 5,
             idle_timeout: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(60),
-            max_segment_bytes: 32 << 20,
+            media: ChannelLimits {
+                max_segment_bytes: 8 << 20,
+                max_channel_bytes: 32 << 20,
+            },
+            messages: ChannelLimits {
+                max_segment_bytes: 1 << 20,
+                max_channel_bytes: 2 << 20,
+            },
+            max_buffered_bytes: 512 << 20,
+            closed_linger: Duration::from_secs(30),
             max_channels: 10_000,
+        }
+    }
+}
+
+impl TrickleConfig {
+    /// The caps of a channel of `kind`.
+    pub fn limits(&self, kind: ChannelKind) -> ChannelLimits {
+        match kind {
+            ChannelKind::Media => self.media,
+            ChannelKind::Control | ChannelKind::Events | ChannelKind::Data => self.messages,
         }
     }
 }
@@ -117,6 +185,8 @@ struct Inner {
     /// Closed channels, kept for `idle_timeout` so that their clients are told
     /// `Lp-Trickle-Closed` rather than "not found".
     closed: Mutex<HashMap<String, (Arc<Channel>, u64)>>,
+    /// Bytes buffered by every channel's segments.
+    budget: Arc<Budget>,
     metrics: Metrics,
 }
 
@@ -135,10 +205,11 @@ impl TrickleServer {
     ) -> Result<TrickleServer, prometheus::Error> {
         Ok(TrickleServer {
             inner: Arc::new(Inner {
-                config,
+                config: config.clone(),
                 epoch: Instant::now(),
                 channels: RwLock::new(HashMap::new()),
                 closed: Mutex::new(HashMap::new()),
+                budget: Arc::new(Budget::new(config.max_buffered_bytes)),
                 metrics: Metrics::new(metrics)?,
             }),
         })
@@ -162,9 +233,20 @@ impl TrickleServer {
             .with_state(self.inner.clone())
     }
 
-    /// Create a channel whose segments are served as `mime`. Fails if the name is invalid
-    /// or taken, or if the server holds `max_channels` already.
+    /// Create a channel whose segments are served as `mime`, with the caps of the kind the
+    /// MIME type suggests ([`ChannelKind::from_mime`]). Fails if the name is invalid or
+    /// taken, or if the server holds `max_channels` already.
     pub fn create(&self, name: &str, mime: &str) -> Result<ChannelGrant, TrickleError> {
+        self.create_kind(name, mime, ChannelKind::from_mime(mime))
+    }
+
+    /// [`Self::create`] with the caps of `kind`.
+    pub fn create_kind(
+        &self,
+        name: &str,
+        mime: &str,
+        kind: ChannelKind,
+    ) -> Result<ChannelGrant, TrickleError> {
         if !valid_name(name) {
             return Err(TrickleError::BadName);
         }
@@ -182,18 +264,28 @@ impl TrickleServer {
         if channels.len() >= inner.config.max_channels {
             return Err(TrickleError::TooMany(inner.config.max_channels));
         }
+        let limits = inner.config.limits(kind);
+        let spec = ChannelSpec {
+            mime,
+            ring_len: inner.config.ring,
+            max_segment_bytes: limits.max_segment_bytes,
+            max_channel_bytes: limits.max_channel_bytes,
+            node: inner.budget.clone(),
+        };
         let channel = Channel::new(
             grant.name.clone(),
-            mime,
+            spec,
             grant.publish_token.clone(),
             grant.subscribe_token.clone(),
-            inner.config.ring,
             inner.now_ms(),
         );
         channels.insert(grant.name.clone(), Arc::new(channel));
         inner.metrics.channels.set(gauge(channels.len()));
-        inner.closed.lock().remove(name);
+        let replaced = inner.closed.lock().remove(name);
         drop(channels);
+        if let Some((old, _)) = replaced {
+            old.release();
+        }
         tracing::debug!(channel = name, "trickle channel created");
         Ok(grant)
     }
@@ -207,6 +299,25 @@ impl TrickleServer {
     /// Channels open.
     pub fn channels(&self) -> usize {
         self.inner.channels.read().len()
+    }
+
+    /// Bytes buffered now by all channels' segments (at most
+    /// [`TrickleConfig::max_buffered_bytes`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.budget.used()
+    }
+
+    /// Bytes buffered now by the segments of the channel `name` (open or closed but still
+    /// lingering), if the server knows it.
+    pub fn channel_buffered_bytes(&self, name: &str) -> Option<usize> {
+        if let Some(c) = self.inner.channels.read().get(name) {
+            return Some(c.buffered());
+        }
+        self.inner
+            .closed
+            .lock()
+            .get(name)
+            .map(|(c, _)| c.buffered())
     }
 
     /// Close the channels idle for longer than `idle_timeout` now, and forget channels closed
@@ -249,7 +360,8 @@ fn gauge(n: usize) -> i64 {
 /// A channel found for a request whose token allows it.
 enum Found {
     Open(Arc<Channel>),
-    Closed,
+    /// Closed, but its last segments may still be readable.
+    Closed(Arc<Channel>),
 }
 
 impl Inner {
@@ -275,7 +387,9 @@ impl Inner {
                     .min_by_key(|(_, (_, at))| *at)
                     .map(|(n, _)| n.clone())
                 {
-                    closed.remove(&oldest);
+                    if let Some((old, _)) = closed.remove(&oldest) {
+                        old.release();
+                    }
                 }
             }
             closed.insert(name.to_owned(), (channel.clone(), now));
@@ -284,8 +398,36 @@ impl Inner {
             channel
         };
         channel.close();
+        self.linger(channel);
         tracing::debug!(channel = name, "trickle channel closed");
         true
+    }
+
+    /// Keep a closed channel's segments readable for `closed_linger`, then drop them.
+    fn linger(&self, channel: Arc<Channel>) {
+        let linger = self.config.closed_linger;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if !linger.is_zero() => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    channel.release();
+                });
+            }
+            _ => channel.release(),
+        }
+    }
+
+    /// Drop the segments closed channels still keep (the node's budget ran out).
+    fn release_lingering(&self) {
+        let closed: Vec<Arc<Channel>> = self
+            .closed
+            .lock()
+            .values()
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in closed {
+            channel.release();
+        }
     }
 
     fn sweep(&self) -> usize {
@@ -306,9 +448,17 @@ impl Inner {
                 swept += 1;
             }
         }
-        self.closed
-            .lock()
-            .retain(|_, (_, at)| now.saturating_sub(*at) <= idle);
+        let mut forgotten = Vec::new();
+        self.closed.lock().retain(|_, (c, at)| {
+            let keep = now.saturating_sub(*at) <= idle;
+            if !keep {
+                forgotten.push(c.clone());
+            }
+            keep
+        });
+        for channel in forgotten {
+            channel.release();
+        }
         swept
     }
 
@@ -357,7 +507,28 @@ impl Inner {
                 channel.touch(self.now_ms());
                 Ok(Found::Open(channel))
             }
-            (Some(_), _) => Ok(Found::Closed),
+            (Some(_), _) => Ok(Found::Closed(channel)),
+        }
+    }
+
+    /// Take `n` bytes for segment `seq` of `channel`. When the node's budget is exhausted,
+    /// the segments that closed channels keep are dropped first, then it is tried again.
+    fn reserve(&self, channel: &Channel, seq: i64, n: usize) -> Result<(), Exhausted> {
+        match channel.reserve(seq, n) {
+            Err(Exhausted::Node) => {
+                self.release_lingering();
+                let again = channel.reserve(seq, n);
+                if again.is_err() {
+                    tracing::warn!(
+                        channel = %channel.name,
+                        buffered = self.budget.used(),
+                        limit = self.budget.limit(),
+                        "trickle buffers are full; refusing a write"
+                    );
+                }
+                again
+            }
+            other => other,
         }
     }
 
@@ -394,23 +565,35 @@ impl Inner {
                     return Received::Complete(written);
                 }
                 Some(Err(e)) => {
-                    segment.finish(generation, End::Aborted);
+                    if segment.finish(generation, End::Aborted) {
+                        channel.forget(segment);
+                    }
                     return Received::Disconnected(e.to_string(), written);
                 }
                 Some(Ok(chunk)) if chunk.is_empty() => {}
                 Some(Ok(chunk)) => {
-                    if written.saturating_add(chunk.len()) > self.config.max_segment_bytes {
-                        segment.finish(generation, End::Aborted);
+                    let n = chunk.len();
+                    if written.saturating_add(n) > channel.max_segment_bytes {
+                        if segment.finish(generation, End::Aborted) {
+                            channel.forget(segment);
+                        }
                         return Received::TooLarge(written);
+                    }
+                    if let Err(exhausted) = self.reserve(channel, seq, n) {
+                        if segment.finish(generation, End::Aborted) {
+                            channel.forget(segment);
+                        }
+                        return Received::NoRoom(exhausted, written);
                     }
                     if written == 0 {
                         channel.started(seq);
                     }
-                    written += chunk.len();
-                    self.metrics.bytes_in.inc_by(chunk.len() as u64);
                     if let Err(stop) = segment.push(generation, chunk) {
+                        channel.unreserve(n);
                         return Received::Stopped(stop, written);
                     }
+                    written = written.saturating_add(n);
+                    self.metrics.bytes_in.inc_by(n as u64);
                     channel.touch(self.now_ms());
                 }
             }
@@ -423,6 +606,7 @@ enum Received {
     Complete(usize),
     Disconnected(String, usize),
     TooLarge(usize),
+    NoRoom(Exhausted, usize),
     Stopped(Stop, usize),
 }
 
@@ -435,10 +619,22 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Parse a seq: a non-negative integer, `-1`, or (when `current` is allowed) `-2`.
+/// The largest seq accepted (2^53, beyond any real stream: a segment a millisecond for
+/// 285,000 years), so that seq arithmetic never comes near overflowing.
+pub const MAX_SEQ: i64 = 1 << 53;
+
+/// Parse a seq: `-1`, (when `current` is allowed) `-2`, or plain decimal digits (no sign,
+/// no spaces) up to [`MAX_SEQ`].
 fn parse_seq(s: &str, current: bool) -> Option<i64> {
-    let seq: i64 = s.parse().ok()?;
-    (seq >= -1 || (current && seq == -2)).then_some(seq)
+    match s {
+        "-1" => return Some(-1),
+        "-2" if current => return Some(-2),
+        _ => {}
+    }
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<i64>().ok().filter(|seq| *seq <= MAX_SEQ)
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -498,7 +694,7 @@ macro_rules! authorized {
     ($inner:expr, $ch:expr, $headers:expr, $need:expr) => {
         match $inner.authorize(&$ch, &$headers, $need) {
             Ok(Found::Open(channel)) => channel,
-            Ok(Found::Closed) => return closed(),
+            Ok(Found::Closed(_)) => return closed(),
             Err(response) => return response,
         }
     };
@@ -533,7 +729,7 @@ async fn delete_segment(
     let Some(seq) = parse_seq(&seq, false).filter(|s| *s >= 0) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "seq must be a non-negative integer",
+            &format!("seq must be a plain non-negative integer up to {MAX_SEQ}"),
         );
     };
     if channel.close_segment(seq) {
@@ -551,7 +747,11 @@ async fn get_segment(
     Path((ch, seq)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let channel = authorized!(inner, ch, headers, Access::Subscribe);
+    // A closed channel still serves the segments it kept (`for_read` knows).
+    let channel = match inner.authorize(&ch, &headers, Access::Subscribe) {
+        Ok(Found::Open(channel) | Found::Closed(channel)) => channel,
+        Err(response) => return response,
+    };
     if seq == "next" {
         let (next, is_closed) = channel.next_write();
         if is_closed {
@@ -565,7 +765,9 @@ async fn get_segment(
     let Some(seq) = parse_seq(&seq, true) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "seq must be a non-negative integer, -1 (next), -2 (current) or `next`",
+            &format!(
+                "seq must be -1 (next), -2 (current), `next` or a plain non-negative integer up to {MAX_SEQ}"
+            ),
         );
     };
     let segment = match channel.for_read(seq) {
@@ -657,7 +859,7 @@ async fn publish(
     let Some(seq) = parse_seq(seq, false) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "seq must be a non-negative integer or -1 (next)",
+            &format!("seq must be -1 (next) or a plain non-negative integer up to {MAX_SEQ}"),
         );
     };
     let reset = headers.contains_key(RESET_HEADER);
@@ -689,10 +891,21 @@ async fn publish(
             error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
-                    "segment larger than {} bytes",
-                    inner.config.max_segment_bytes
+                    "segment larger than {} bytes, this channel's limit",
+                    channel.max_segment_bytes
                 ),
             )
+        }
+        Received::NoRoom(exhausted, n) => {
+            segments.with_label_values(&["aborted"]).inc();
+            tracing::debug!(channel = %channel.name, seq, bytes = n, ?exhausted, "trickle buffers full");
+            let message = match exhausted {
+                Exhausted::Node => "the server's trickle buffers are full; try again later",
+                Exhausted::Channel => {
+                    "this channel's buffers are full (its subscribers are behind); try again later"
+                }
+            };
+            error(StatusCode::SERVICE_UNAVAILABLE, message)
         }
         Received::Stopped(stop, n) => {
             if n > 0 {

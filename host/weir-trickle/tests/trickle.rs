@@ -7,8 +7,8 @@ use bytes::Bytes;
 use reqwest::StatusCode;
 use tokio::net::TcpListener;
 use weir_trickle::{
-    ChannelGrant, Publisher, Subscriber, TrickleConfig, TrickleError, TrickleServer, CLOSED_HEADER,
-    LATEST_HEADER, RESET_HEADER, SEQ_HEADER,
+    ChannelGrant, ChannelKind, ChannelLimits, Publisher, Subscriber, TrickleConfig, TrickleError,
+    TrickleServer, CLOSED_HEADER, LATEST_HEADER, RESET_HEADER, SEQ_HEADER,
 };
 
 struct Setup {
@@ -207,17 +207,26 @@ async fn segments_out_of_the_ring_get_470_with_the_latest() {
 
     // A subscriber that asks for a lost segment jumps to the live edge.
     let mut subscriber = Subscriber::new(s.http.clone(), subscribe).starting_at(1);
-    let next = tokio::spawn(async move {
+    let mut next = tokio::spawn(async move {
         let segment = subscriber.next().await.expect("next").expect("segment");
         (segment.seq(), segment.bytes(100).await.expect("bytes"))
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    publisher
-        .write(Bytes::from_static(b"edge"))
-        .await
-        .expect("write");
-    let (seq, body) = soon(next).await.expect("task");
-    assert_eq!((seq, &body[..]), (6, &b"edge"[..]));
+    // Whenever the subscriber reaches the edge (6, or later on a slow machine), the next
+    // segment written there is the one it gets.
+    let mut written = Vec::new();
+    let (seq, body) = loop {
+        assert!(written.len() < 100, "the subscriber never got a segment");
+        let seq = publisher
+            .write(Bytes::from_static(b"edge"))
+            .await
+            .expect("write");
+        written.push(seq);
+        if let Ok(got) = tokio::time::timeout(Duration::from_millis(200), &mut next).await {
+            break got.expect("task");
+        }
+    };
+    assert_eq!(&body[..], b"edge");
+    assert!(seq >= 6 && written.contains(&seq), "{seq} {written:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,8 +497,10 @@ async fn a_publisher_gone_mid_segment_aborts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_channels_are_swept() {
+    // The busy channel is written every 20 ms, far inside the 1 s idle timeout even on a
+    // loaded machine; the test waits for the idle one to be swept, however long that takes.
     let s = start(TrickleConfig {
-        idle_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(1),
         sweep_interval: Duration::from_millis(50),
         ..TrickleConfig::default()
     })
@@ -502,12 +513,14 @@ async fn idle_channels_are_swept() {
         async move { http.get(format!("{subscribe}/-1")).send().await }
     });
     let mut publisher = Publisher::new(s.http.clone(), busy);
-    for _ in 0..8 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !waiting.is_finished() {
+        assert!(tokio::time::Instant::now() < deadline, "never swept");
         publisher
             .write(Bytes::from_static(b"tick"))
             .await
             .expect("write");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = soon(waiting).await.expect("task").expect("GET");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -523,7 +536,10 @@ async fn idle_channels_are_swept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_large_segments_get_413() {
     let s = start(TrickleConfig {
-        max_segment_bytes: 1000,
+        media: ChannelLimits {
+            max_segment_bytes: 1000,
+            max_channel_bytes: 1 << 20,
+        },
         ..TrickleConfig::default()
     })
     .await;
@@ -644,4 +660,303 @@ async fn reset_and_segment_delete() {
         .await
         .expect("DELETE");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+async fn status_and_message(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.expect("a JSON error");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    (status, message.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_seqs_get_400_and_only_plain_numbers_are_accepted() {
+    let s = start(TrickleConfig::default()).await;
+    let (_, publish, subscribe) = s.channel("hostile");
+    let (_, other, other_sub) = s.channel("bystander");
+    for seq in [
+        "9223372036854775807",
+        "+1",
+        "-3",
+        "-0",
+        "0x1",
+        "1e3",
+        "%201",
+        "9007199254740993",
+        "99999999999999999999999",
+    ] {
+        let (status, message) =
+            status_and_message(s.post(format!("{publish}/{seq}"), b"x").await).await;
+        assert_eq!(status, 400, "POST {seq}");
+        assert!(message.contains("seq must be"), "POST {seq}: {message}");
+        let (status, _) = status_and_message(s.get(format!("{subscribe}/{seq}")).await).await;
+        assert_eq!(status, 400, "GET {seq}");
+    }
+    assert_eq!(
+        s.post(format!("{publish}/-2"), b"x").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    // The channel carries on from where it was: nothing moved its sequence.
+    for seq in 0..2 {
+        let r = s.post(format!("{publish}/{seq}"), b"fine").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, SEQ_HEADER), Some(seq.to_string()));
+    }
+    let next = s.get(format!("{subscribe}/next")).await;
+    assert_eq!(next.text().await.expect("next"), "2");
+    // A follower of the channel sees ordinary seqs, and other channels are unaffected.
+    let mut subscriber = Subscriber::new(s.http.clone(), subscribe).starting_at(0);
+    let segment = soon(subscriber.next())
+        .await
+        .expect("next")
+        .expect("segment");
+    assert_eq!(segment.seq(), 0);
+    let seq = Publisher::new(s.http.clone(), other)
+        .write(Bytes::from_static(b"other"))
+        .await
+        .expect("write");
+    let r = s.get(format!("{other_sub}/{seq}")).await;
+    assert_eq!(&r.bytes().await.expect("body")[..], b"other");
+}
+
+/// A server that answers every GET with segment `i64::MAX`, and `next` with `next`.
+async fn lying_server(next: &'static str) -> String {
+    use axum::http::HeaderMap;
+    let app = axum::Router::new().route(
+        "/ai/trickle/{ch}/{seq}",
+        axum::routing::get(
+            move |axum::extract::Path((_, seq)): axum::extract::Path<(String, String)>| async move {
+                let mut h = HeaderMap::new();
+                h.insert(SEQ_HEADER, i64::MAX.into());
+                if seq == "next" {
+                    return (h, next.to_owned());
+                }
+                (h, "x".to_owned())
+            },
+        ),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("{base}/ai/trickle/lies.token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_check_seq_arithmetic_against_a_lying_server() {
+    let url = lying_server("18446744073709551615").await;
+    let http = reqwest::Client::new();
+    let mut subscriber = Subscriber::new(http.clone(), url.clone()).starting_at(0);
+    let result = soon(subscriber.next()).await;
+    assert!(
+        matches!(result, Err(TrickleError::BadSeq(_))),
+        "{:?}",
+        result.err()
+    );
+    let mut publisher = Publisher::new(http.clone(), url.clone());
+    let result = soon(publisher.begin()).await;
+    assert!(
+        matches!(result, Err(TrickleError::BadSeq(_))),
+        "{:?}",
+        result.err()
+    );
+
+    let url = lying_server("9223372036854775806").await;
+    let mut publisher = Publisher::new(http, url);
+    let result = soon(publisher.begin()).await;
+    assert!(
+        matches!(result, Err(TrickleError::BadSeq(_))),
+        "{:?}",
+        result.err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_channels_have_small_segment_caps() {
+    let s = start(TrickleConfig::default()).await;
+    let big = vec![b'{'; 2 << 20];
+    for (name, mime) in [("ctl", "application/json"), ("data", "application/jsonl")] {
+        let grant = s.server.create(name, mime).expect("create");
+        let r = s
+            .http
+            .post(format!("{}/0", grant.publish_url(&s.base)))
+            .body(big.clone())
+            .send()
+            .await
+            .expect("POST");
+        let (status, message) = status_and_message(r).await;
+        assert_eq!(status, 413, "{name}");
+        assert!(message.contains("1048576"), "{message}");
+    }
+    let events = s
+        .server
+        .create_kind("ev", "application/json", ChannelKind::Events)
+        .expect("create");
+    let r = s
+        .http
+        .post(format!("{}/0", events.publish_url(&s.base)))
+        .body(vec![b'x'; 64 << 10])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::OK, "a small message fits");
+    // A media channel takes the same 2 MiB segment.
+    let (_, media, _) = s.channel("media");
+    let r = s
+        .http
+        .post(format!("{media}/0"))
+        .body(big)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(ChannelKind::from_mime("video/MP2T"), ChannelKind::Media);
+    assert_eq!(
+        ChannelKind::from_mime("application/json"),
+        ChannelKind::Data
+    );
+}
+
+async fn post_bytes(s: &Setup, url: String, n: usize) -> StatusCode {
+    s.http
+        .post(url)
+        .body(vec![7u8; n])
+        .send()
+        .await
+        .expect("POST")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_caps_evict_and_the_node_budget_refuses_with_503() {
+    const SEG: usize = 300_000;
+    let s = start(TrickleConfig {
+        media: ChannelLimits {
+            max_segment_bytes: 512 << 10,
+            max_channel_bytes: 700_000,
+        },
+        max_buffered_bytes: 1_000_000,
+        closed_linger: Duration::ZERO,
+        ..TrickleConfig::default()
+    })
+    .await;
+    // One channel: past its cap, its oldest segments are evicted.
+    let (_, one, one_sub) = s.channel("one");
+    for seq in 0..4 {
+        assert_eq!(
+            post_bytes(&s, format!("{one}/{seq}"), SEG).await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(s.server.channel_buffered_bytes("one"), Some(2 * SEG));
+    assert_eq!(s.get(format!("{one_sub}/0")).await.status().as_u16(), 470);
+    let r = s.get(format!("{one_sub}/3")).await;
+    assert_eq!(r.bytes().await.expect("body").len(), SEG);
+    // More channels, until the node's budget is spent.
+    let mut urls = vec![one];
+    let mut refused = None;
+    for i in 0..5 {
+        let (_, url, _) = s.channel(&format!("more{i}"));
+        let status = post_bytes(&s, format!("{url}/0"), SEG).await;
+        urls.push(url);
+        if status != StatusCode::OK {
+            refused = Some(status);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert!(s.server.buffered_bytes() <= 1_000_000);
+    assert_eq!(s.server.buffered_bytes(), 3 * SEG);
+    // Deleting the channels gives every byte back.
+    for url in &urls {
+        let r = s.http.delete(url).send().await.expect("DELETE");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(s.server.buffered_bytes(), 0);
+    let (_, again, _) = s.channel("again");
+    assert_eq!(
+        post_bytes(&s, format!("{again}/0"), SEG).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_channels_linger_until_memory_is_needed() {
+    const SEG: usize = 400_000;
+    let s = start(TrickleConfig {
+        max_buffered_bytes: 1_000_000,
+        ..TrickleConfig::default()
+    })
+    .await;
+    let (_, a, a_sub) = s.channel("a");
+    assert_eq!(post_bytes(&s, format!("{a}/0"), SEG).await, StatusCode::OK);
+    assert_eq!(post_bytes(&s, format!("{a}/1"), SEG).await, StatusCode::OK);
+    s.http.delete(&a).send().await.expect("DELETE");
+    assert_eq!(
+        s.server.buffered_bytes(),
+        2 * SEG,
+        "kept for late subscribers"
+    );
+    let r = s.get(format!("{a_sub}/1")).await;
+    assert_eq!(r.bytes().await.expect("body").len(), SEG);
+    let (_, b, _) = s.channel("b");
+    assert_eq!(post_bytes(&s, format!("{b}/0"), SEG).await, StatusCode::OK);
+    assert_eq!(
+        s.server.buffered_bytes(),
+        SEG,
+        "the closed channel made room"
+    );
+    let r = s.get(format!("{a_sub}/1")).await;
+    assert_eq!(header(&r, CLOSED_HEADER).as_deref(), Some("terminated"));
+}
+
+/// Write `records` one segment each, then close the channel at once.
+async fn publish_then_close(s: &Setup, publish: String, records: usize) {
+    let mut publisher = Publisher::new(s.http.clone(), publish);
+    for r in 0..records {
+        let mut writer = publisher.begin().await.expect("begin");
+        writer
+            .send(Bytes::from(format!("{{\"record\":{r}}}\n")))
+            .await
+            .expect("send");
+        writer.finish().await.expect("finish");
+    }
+    publisher.close().await.expect("close");
+}
+
+async fn collect(mut subscriber: Subscriber) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(segment) = subscriber.next().await.expect("next") {
+        let body = segment.bytes(1 << 20).await.expect("bytes");
+        got.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_just_before_close_are_delivered() {
+    const RECORDS: usize = 3;
+    let s = start(TrickleConfig::default()).await;
+    let expected: Vec<String> = (0..RECORDS)
+        .map(|r| format!("{{\"record\":{r}}}\n"))
+        .collect();
+    for round in 0..50 {
+        let grant = s
+            .server
+            .create(&format!("data-{round}"), "application/jsonl")
+            .expect("create");
+        let before = Subscriber::new(s.http.clone(), grant.subscribe_url(&s.base)).starting_at(0);
+        let before = tokio::spawn(collect(before));
+        publish_then_close(&s, grant.publish_url(&s.base), RECORDS).await;
+        let after = Subscriber::new(s.http.clone(), grant.subscribe_url(&s.base)).starting_at(0);
+        let after = soon(collect(after)).await;
+        assert_eq!(
+            after, expected,
+            "round {round}: a subscriber started after the close"
+        );
+        let before = soon(before).await.expect("task");
+        assert_eq!(
+            before, expected,
+            "round {round}: a subscriber started before"
+        );
+    }
 }

@@ -214,6 +214,9 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     }
 
     let runner_url = serve(trivial_runner()).await?;
+    // The orchestrator trusts the bench's gateway and its direct client, nobody else.
+    let gateway_wallet = Wallet::load_or_create(&data.path().join("wallet.key"))?;
+    let direct_wallet = Arc::new(Wallet::generate());
     let orch_config = weir_orchestrator::OrchestratorConfig {
         service_url: String::new(),
         pricing: "default-pricing".into(),
@@ -231,6 +234,8 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
             },
         }],
         max_payment_skew: Duration::from_secs(300),
+        trusted_senders: vec![gateway_wallet.sender(), direct_wallet.sender()],
+        accept_any_sender: false,
         max_file_bytes: 1 << 20,
         max_body_bytes: 2 << 20,
         transcode: weir_orchestrator::TranscodeConfig {
@@ -250,6 +255,9 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     )
     .await?;
     let orch_url = serve(orchestrator.router()).await?;
+    // Bound before the gateway is built: its result store needs its public URL.
+    let gw_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gw_url = format!("http://{}", gw_listener.local_addr()?);
     let gw_config = weir_gateway::GatewayConfig {
         streams: Default::default(),
         orchestrators: vec![orch_url.clone()],
@@ -262,15 +270,17 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
         open: true,
         max_attempts: 3,
         retry_budget: Duration::from_secs(10),
+        busy_wait: Duration::from_secs(5),
         attempt_timeout: Duration::from_secs(30),
         suspend_for: Duration::from_secs(1),
-        public_url: String::new(),
+        public_url: gw_url.clone(),
         results_dir: data.path().join("results"),
         max_file_bytes: 1 << 20,
         max_body_bytes: 2 << 20,
         live: weir_gateway::LiveConfig::default(),
         jobs: weir_gateway::JobsConfig::default(),
         data_dir: data.path().to_owned(),
+        cors_origins: Vec::new(),
     };
     let gateway = weir_gateway::Gateway::new(
         gw_config,
@@ -281,9 +291,10 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     )
     .await?;
     let _refresh = gateway.start().await;
-    let gw_url = serve(gateway.router()).await?;
+    let gw_router = gateway.router();
+    tokio::spawn(async move { axum::serve(gw_listener, gw_router).await });
 
-    let info = orchestrator.info();
+    let info = orchestrator.info().await;
     let m = info
         .models
         .first()
@@ -295,7 +306,7 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     let cost = weir_payments::cost(16, price).context("cost overflow")?;
     let direct = Path2::Direct {
         url: orch_url,
-        wallet: Arc::new(Wallet::generate()),
+        wallet: direct_wallet,
         price,
         cost,
     };

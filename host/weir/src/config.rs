@@ -41,6 +41,9 @@ pub struct GatewaySection {
     pub max_attempts: Option<u32>,
     /// Seconds during which new attempts may start (default 30).
     pub retry_budget_secs: Option<u64>,
+    /// Seconds a request waits, backing off with jitter, for orchestrators that answer
+    /// "insufficient capacity" (default 10; within the retry budget).
+    pub busy_wait_secs: Option<u64>,
     /// Deadline of one attempt in seconds (default 300).
     pub attempt_timeout_secs: Option<u64>,
     /// Seconds a failing orchestrator is left out (default 30).
@@ -73,8 +76,17 @@ pub struct GatewaySection {
     pub record: Option<bool>,
     /// Async generation jobs (`[gateway.jobs]`): database, storage, models, limits.
     pub jobs: weir_gateway::JobsConfig,
+    /// Seconds an RTMP client has to complete its handshake (default 10).
+    pub rtmp_handshake_timeout_secs: Option<u64>,
+    /// Seconds an RTMP connection may send nothing (default 30).
+    pub rtmp_idle_timeout_secs: Option<u64>,
+    /// RTMP connections at once; more are closed at once (default 256).
+    pub rtmp_max_connections: Option<usize>,
     /// Live AI streams (`[gateway.streams]`): pay-ahead, top-up interval, limits.
     pub streams: weir_gateway::StreamsConfig,
+    /// Origins whose pages may call the public routes from a browser (CORS; default `["*"]`,
+    /// `[]` turns CORS off). Never applies to the admin API.
+    pub cors_origins: Option<Vec<String>>,
 }
 
 /// `[orchestrator]`.
@@ -92,6 +104,11 @@ pub struct OrchestratorSection {
     pub gpu_class: Option<String>,
     /// Seconds of clock skew accepted on payments (default 300).
     pub max_payment_skew_secs: Option<u64>,
+    /// Public keys (hex, as gateways print them, or base64) of the gateways whose credits are
+    /// accepted. A combined node adds its own gateway. Empty: every payment is refused.
+    pub trusted_senders: Vec<String>,
+    /// Accept credits from ANY sender (local development only: strangers get free work).
+    pub accept_any_sender: Option<bool>,
     /// Seconds between runner health checks (default 10).
     pub health_secs: Option<u64>,
     /// Largest uploaded file in MiB (default 32).
@@ -122,6 +139,14 @@ pub struct NodeSection {
     /// Ledger commits survive a `process` crash (default) or also a `power` loss (one fsync
     /// per commit).
     pub ledger_durability: Option<weir_payments::Durability>,
+    /// Seconds an HTTP client has to send a request's headers (default 10), on every HTTP
+    /// listener.
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive HTTP connection may wait for its next request (default 60); a
+    /// streamed answer is never cut by it.
+    pub idle_timeout_secs: Option<u64>,
+    /// HTTP connections at once per listener (default 4096); more are answered `503`.
+    pub max_connections: Option<usize>,
 }
 
 /// `[runtime]`.
@@ -224,6 +249,8 @@ pub struct NodeConfig {
     pub pricing: String,
     /// How durable ledger commits are.
     pub ledger_durability: weir_payments::Durability,
+    /// Timeouts and connection cap of every HTTP listener.
+    pub listeners: crate::listen::ListenerLimits,
     /// The gateway role's settings (flags merged in).
     pub gateway: GatewaySection,
     /// The orchestrator role's settings (flags merged in).
@@ -272,7 +299,49 @@ impl FileConfig {
             path: path.to_owned(),
             source,
         })?;
-        FileConfig::parse(&text, path)
+        let mut file = FileConfig::parse(&text, path)?;
+        file.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(file)
+    }
+
+    /// Make the file's relative paths relative to `base`, the file's folder, so a config
+    /// file means the same wherever the node is started from.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(dir) = &mut self.node.data_dir {
+            join(dir);
+        }
+        if let Some(dir) = &mut self.node.components_dir {
+            join(dir);
+        }
+        for model in &mut self.orchestrator.models {
+            if let weir_orchestrator::RunnerSpec::Onnx {
+                model_path,
+                onnxruntime,
+                ..
+            } = &mut model.runner
+            {
+                join(model_path);
+                if let Some(lib) = onnxruntime {
+                    join(lib);
+                }
+            }
+        }
+        if let Some(weir_storage::StorageConfig::Local { dir }) = &mut self.gateway.jobs.storage {
+            join(dir);
+        }
+        if let Some(db) = &mut self.gateway.jobs.database {
+            if let Some(file) = db.strip_prefix("sqlite://") {
+                let path = Path::new(file);
+                if path.is_relative() && !file.starts_with(':') && !file.is_empty() {
+                    *db = format!("sqlite://{}", base.join(path).display());
+                }
+            }
+        }
     }
 }
 
@@ -288,6 +357,7 @@ impl NodeConfig {
 
     /// Merge a parsed file with overrides.
     pub fn merge(file: FileConfig, o: &Overrides) -> Result<NodeConfig, ConfigError> {
+        let listeners = listener_limits(&file.node)?;
         let data_dir = o
             .data_dir
             .clone()
@@ -397,6 +467,7 @@ impl NodeConfig {
         }
         Ok(NodeConfig {
             ledger_durability: file.node.ledger_durability.unwrap_or_default(),
+            listeners,
             gateway,
             orchestrator,
             http_addr,
@@ -418,6 +489,37 @@ impl NodeConfig {
                 .unwrap_or_else(|| "default-pricing".into()),
         })
     }
+}
+
+/// The HTTP listener limits of `[node]`, checked.
+fn listener_limits(node: &NodeSection) -> Result<crate::listen::ListenerLimits, ConfigError> {
+    let default = crate::listen::ListenerLimits::default();
+    let secs = |value: Option<u64>, key: &str, default: std::time::Duration| match value {
+        Some(0) => Err(ConfigError::Invalid(format!(
+            "node.{key} must be at least 1"
+        ))),
+        Some(s) => Ok(std::time::Duration::from_secs(s)),
+        None => Ok(default),
+    };
+    let max_connections = node.max_connections.unwrap_or(default.max_connections);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(ConfigError::Invalid(
+            "node.max_connections must be between 1 and 1000000".into(),
+        ));
+    }
+    Ok(crate::listen::ListenerLimits {
+        header_read_timeout: secs(
+            node.header_read_timeout_secs,
+            "header_read_timeout_secs",
+            default.header_read_timeout,
+        )?,
+        idle_timeout: secs(
+            node.idle_timeout_secs,
+            "idle_timeout_secs",
+            default.idle_timeout,
+        )?,
+        max_connections,
+    })
 }
 
 #[cfg(test)]
@@ -459,6 +561,35 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_in_a_file_are_relative_to_its_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("weir.toml");
+        std::fs::write(
+            &path,
+            "[node]\ndata_dir = \"state\"\ncomponents_dir = \"/abs/comps\"\nheader_read_timeout_secs = 3\n\
+             [gateway.jobs]\ndatabase = \"sqlite://jobs.db\"\n",
+        )
+        .expect("write");
+        let c = NodeConfig::merge(
+            FileConfig::load(&path).expect("load"),
+            &Overrides::default(),
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, dir.path().join("state"));
+        assert_eq!(c.components_dir, PathBuf::from("/abs/comps"));
+        let db = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        assert_eq!(c.gateway.jobs.database.as_deref(), Some(db.as_str()));
+        assert_eq!(c.listeners.header_read_timeout.as_secs(), 3);
+        // Flags stay relative to the working directory.
+        let o = Overrides {
+            data_dir: Some(PathBuf::from("here")),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::merge(FileConfig::load(&path).expect("load"), &o).expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("here"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let err = FileConfig::parse("[node]\nhttp_adr = \"x\"\n", Path::new("w.toml")).unwrap_err();
         assert!(err.to_string().contains("http_adr"), "{err}");
@@ -468,6 +599,9 @@ mod tests {
             .expect("parses");
         assert!(NodeConfig::merge(file, &Overrides::default()).is_err());
         let file = FileConfig::parse("[runtime]\nepoch_tick_ms = 0\n", Path::new("w.toml"))
+            .expect("parses");
+        assert!(NodeConfig::merge(file, &Overrides::default()).is_err());
+        let file = FileConfig::parse("[node]\nmax_connections = 0\n", Path::new("w.toml"))
             .expect("parses");
         assert!(NodeConfig::merge(file, &Overrides::default()).is_err());
     }

@@ -10,6 +10,7 @@ mod bench_transcode;
 mod bench_trickle;
 mod component_cmd;
 mod config;
+mod listen;
 mod node;
 mod server;
 

@@ -128,6 +128,7 @@ pub fn gateway_config(
         open,
         max_attempts: g.max_attempts.unwrap_or(5),
         retry_budget: secs(g.retry_budget_secs, 30),
+        busy_wait: secs(g.busy_wait_secs, 10),
         attempt_timeout: secs(g.attempt_timeout_secs, 300),
         suspend_for: secs(g.suspend_secs, 30),
         public_url: g
@@ -158,6 +159,10 @@ pub fn gateway_config(
         jobs: g.jobs.clone(),
         streams: g.streams.clone(),
         data_dir: config.data_dir.clone(),
+        cors_origins: g
+            .cors_origins
+            .clone()
+            .unwrap_or_else(|| vec!["*".to_owned()]),
     })
 }
 
@@ -178,6 +183,8 @@ pub fn orchestrator_config(
         gpu_class: o.gpu_class.clone().unwrap_or_else(|| "cpu".to_owned()),
         models: o.models.clone(),
         max_payment_skew: secs(o.max_payment_skew_secs, 300),
+        trusted_senders: o.trusted_senders.clone(),
+        accept_any_sender: o.accept_any_sender.unwrap_or(false),
         max_file_bytes: upload,
         max_body_bytes: upload + (1 << 20),
         health_interval: secs(o.health_secs, 10).max(Duration::from_millis(100)),
@@ -198,6 +205,9 @@ async fn open_ledger(config: &NodeConfig, file: &str) -> anyhow::Result<weir_pay
 pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Held until the process exits: a second node on this directory is refused.
+    let _lock = lock_data_dir(&config.data_dir)?;
+    raise_open_file_limit();
     let metrics = prometheus::Registry::new();
     let registry = build_registry(&config, &metrics)?;
     let scan_registry = registry.clone();
@@ -240,7 +250,14 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         } else {
             (None, http_url.clone())
         };
-        let orch_config = orchestrator_config(&config, &service_url);
+        let mut orch_config = orchestrator_config(&config, &service_url);
+        if role.gateway() {
+            // A combined node trusts its own gateway (whose key lives in the data dir).
+            let key = config.data_dir.join("wallet.key");
+            let wallet = weir_payments::credit::Wallet::load_or_create(&key)
+                .with_context(|| format!("gateway wallet {}", key.display()))?;
+            orch_config.trusted_senders.push(wallet.sender());
+        }
         let orchestrator = weir_orchestrator::Orchestrator::new(
             orch_config,
             registry.clone(),
@@ -262,10 +279,9 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
                 let router = orchestrator
                     .router()
                     .route("/healthz", axum::routing::get(|| async { "ok" }));
+                let limits = config.listeners;
                 orchestrator_server = Some(tokio::spawn(async move {
-                    axum::serve(no_delay(l), router)
-                        .with_graceful_shutdown(shutdown_signal())
-                        .await
+                    crate::listen::serve(l, router, limits, shutdown_signal()).await
                 }));
             }
             None => extra = extra.merge(orchestrator.router()),
@@ -297,11 +313,9 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         extra = extra.merge(gateway.router());
         ready_line.push_str(&format!(" rtmp=rtmp://{rtmp_bound}"));
         let handler = gateway.rtmp_handler();
+        let rtmp_limits = rtmp_limits(&config.gateway);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                weir_media::rtmp::serve(rtmp, handler, weir_media::rtmp::RtmpLimits::default())
-                    .await
-            {
+            if let Err(e) = weir_media::rtmp::serve(rtmp, handler, rtmp_limits).await {
                 tracing::error!(error = %e, "RTMP server stopped");
             }
         }));
@@ -327,10 +341,14 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         writeln!(out, "{ready_line}")?;
         out.flush()?;
     }
-    axum::serve(no_delay(listener), app(state, extra))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server")?;
+    crate::listen::serve(
+        listener,
+        app(state, extra),
+        config.listeners,
+        shutdown_signal(),
+    )
+    .await
+    .context("HTTP server")?;
     if let Some(s) = orchestrator_server {
         s.abort();
     }
@@ -363,16 +381,88 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// `listener` with TCP_NODELAY on every accepted connection: streamed answers (trickle
-/// segments, server-sent events) are written in small chunks that must not wait for the
-/// peer's delayed ACK.
-fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
-    use axum::serve::ListenerExt as _;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    })
+/// The RTMP listener's limits: `[gateway]` settings over [`weir_media::rtmp::RtmpLimits`]'s
+/// defaults.
+fn rtmp_limits(g: &crate::config::GatewaySection) -> weir_media::rtmp::RtmpLimits {
+    let default = weir_media::rtmp::RtmpLimits::default();
+    weir_media::rtmp::RtmpLimits {
+        handshake_timeout: g
+            .rtmp_handshake_timeout_secs
+            .map_or(default.handshake_timeout, |s| Duration::from_secs(s.max(1))),
+        idle_timeout: g
+            .rtmp_idle_timeout_secs
+            .map_or(default.idle_timeout, |s| Duration::from_secs(s.max(1))),
+        max_connections: g
+            .rtmp_max_connections
+            .map_or(default.max_connections, |n| n.max(1)),
+        ..default
+    }
 }
+
+/// An exclusive lock on `{data_dir}/weir.lock`, holding this process's id; it is released
+/// when the returned file is closed (at exit at the latest).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _};
+    let path = data_dir.join("weir.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            anyhow::bail!(
+                "the data directory {} is in use by another weir process{holder}: {} is locked",
+                data_dir.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// Raise the soft limit on open files to the hard limit: every connection is a descriptor.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let before = limit.rlim_cur;
+        if before >= limit.rlim_max {
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some(before)
+    };
+    match raised {
+        Some(before) => {
+            tracing::debug!(before, after = limit.rlim_cur, "raised the open file limit")
+        }
+        None => tracing::debug!("could not raise the open file limit"),
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() {}

@@ -218,6 +218,11 @@ struct ComponentView {
     exports: Vec<String>,
     /// The latest load attempt's error, when a newer version failed and this one keeps serving.
     last_error: Option<String>,
+    /// The effective per-call limits (the manifest's, else its world's defaults): `timeout_ms`,
+    /// `memory_mib`, `fuel`, `pool_size`, `max_calls_per_instance`.
+    limits: weir_runtime::Limits,
+    /// The effective instance mode (`warm` or `fresh`).
+    instance: weir_runtime::InstanceMode,
 }
 
 fn view(c: &LoadedComponent, last_error: Option<String>) -> ComponentView {
@@ -232,6 +237,8 @@ fn view(c: &LoadedComponent, last_error: Option<String>) -> ComponentView {
         imports: c.imports.clone(),
         exports: c.exports.clone(),
         last_error,
+        limits: c.manifest.limits.clone(),
+        instance: c.manifest.instance_mode(),
     }
 }
 
@@ -358,8 +365,14 @@ async fn call_component(
     Path(name): Path<String>,
     body: Result<Json<CallRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(call) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let Json(call) = body.map_err(|e| {
+        // A body over the size limit is `413`; every other problem with it is the caller's `400`.
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+        }
+    })?;
     let component = state.registry.get(&name)?;
     let answer = tokio::task::spawn_blocking(move || invoke(&component, call))
         .await

@@ -1,6 +1,10 @@
 //! A pipeline that echoes: batch jobs return their inputs with a byte count; streams pass each
 //! segment through and count control messages; `on-control` with `"count"` reports the count
 //! as an error (so tests can see instance state survive between calls).
+//!
+//! Failure modes for tests: a stream started with the flag param `fail` traps in every
+//! `on-segment`; a control message holding `"reject"` is refused with an invalid-request error
+//! naming the rejected value.
 
 use std::cell::Cell;
 
@@ -10,6 +14,7 @@ struct Echo;
 
 thread_local! {
     static CONTROLS: Cell<i64> = const { Cell::new(0) };
+    static FAIL: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Guest for Echo {
@@ -40,10 +45,18 @@ impl Guest for Echo {
 
     fn on_start(info: StreamInfo) -> Result<(), Error> {
         weir_sdk::logging::info(&format!("stream {} started", info.id));
+        let fail = info
+            .params
+            .iter()
+            .any(|p| p.name == "fail" && matches!(p.value, ParamValue::Flag(true)));
+        FAIL.with(|f| f.set(fail));
         Ok(())
     }
 
     fn on_segment(segment: Segment) -> Result<Vec<Segment>, Error> {
+        if FAIL.with(|f| f.get()) {
+            panic!("segment {} failed on purpose", segment.seq());
+        }
         if segment.len() == 0 {
             return Err(Error::InvalidRequest(format!(
                 "segment {} is empty",
@@ -55,6 +68,12 @@ impl Guest for Echo {
 
     fn on_control(message: String) -> Result<(), Error> {
         CONTROLS.with(|c| c.set(c.get() + 1));
+        if let Some(at) = message.find("\"reject\"") {
+            return Err(Error::InvalidRequest(format!(
+                "rejected on purpose: {}",
+                &message[at..]
+            )));
+        }
         if message == "\"count\"" {
             return Err(Error::Internal(format!(
                 "controls={}",

@@ -1,7 +1,8 @@
 //! A router that misbehaves on purpose, chosen by its `mode` config value:
 //! `ok` (ranks in input order), `loop` (never returns), `alloc` (allocates without bound),
 //! `trap` (panics), `garbage` (returns an out-of-range index), `error` (returns a guest error),
-//! `calls` (returns a guest error carrying this instance's call count).
+//! `empty` (ranks no candidate), `calls` (returns a guest error carrying this instance's call
+//! count).
 //!
 //! Probes of what the sandbox allows answer with a guest error `internal("ok: …")` or
 //! `internal("denied: …")`: `env:NAME`, `read:PATH`, `write:PATH`, `connect:IP:PORT`.
@@ -48,6 +49,7 @@ impl Guest for Misbehaving {
             "calls" => Err(Error::Internal(format!("calls={calls}"))),
             "garbage" => Ok(vec![candidates.len() as u32 + 7]),
             "error" => Err(Error::InvalidRequest("asked to fail".to_owned())),
+            "empty" => Ok(Vec::new()),
             other => match probe(other) {
                 Some(outcome) => Err(Error::Internal(outcome)),
                 None => Err(Error::Config(format!("unknown mode {other}"))),
