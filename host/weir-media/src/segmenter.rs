@@ -478,7 +478,7 @@ impl Segmenter {
             Track::Video => 33,
             Track::Audio => self.aac.as_ref().map_or(21, |a| a.frame_ms),
         };
-        let offset = *self.offset_ms.get_or_insert(-dts_in);
+        let offset = *self.offset_ms.get_or_insert(dts_in.saturating_neg());
         let mut cts = pts_in.saturating_sub(dts_in);
         if cts < 0 {
             tracing::warn!(
@@ -503,13 +503,13 @@ impl Segmenter {
                 let delta = dts.saturating_sub(last);
                 if !(-JUMP_MS..=JUMP_MS).contains(&delta) {
                     let step = clock.step.unwrap_or(default_step);
-                    let target = last + step;
+                    let target = last.saturating_add(step);
                     tracing::warn!(
                         ?track,
                         jump_ms = delta,
                         "timestamp discontinuity; re-basing the stream"
                     );
-                    self.offset_ms = Some(offset.saturating_add(target - dts));
+                    self.offset_ms = Some(offset.saturating_add(target.saturating_sub(dts)));
                     dts = target;
                 } else if delta <= 0 {
                     tracing::warn!(
@@ -518,7 +518,7 @@ impl Segmenter {
                         last_ms = last,
                         "non-increasing timestamp; clamped"
                     );
-                    dts = last + 1;
+                    dts = last.saturating_add(1);
                 } else if delta < 1000 {
                     clock.step = Some(delta);
                 }
@@ -534,7 +534,7 @@ impl Segmenter {
             Track::Audio => &mut self.audio_clock,
         };
         clock.last_dts = Some(dts);
-        (dts, dts + cts)
+        (dts, dts.saturating_add(cts))
     }
 
     /// Closes the segment in progress. `next_start` is where the next one begins (its duration

@@ -179,7 +179,7 @@ pub enum TranscodeError {
     },
 }
 
-fn ffe(context: impl Into<String>) -> impl FnOnce(ff::Error) -> TranscodeError {
+pub(crate) fn ffe(context: impl Into<String>) -> impl FnOnce(ff::Error) -> TranscodeError {
     let context = context.into();
     move |source| TranscodeError::Ffmpeg { context, source }
 }
@@ -197,7 +197,7 @@ pub(crate) fn ffmpeg_ready() -> Result<(), String> {
     .clone()
 }
 
-fn init_ffmpeg() -> Result<(), TranscodeError> {
+pub(crate) fn init_ffmpeg() -> Result<(), TranscodeError> {
     ffmpeg_ready().map_err(TranscodeError::Unavailable)
 }
 

@@ -131,22 +131,13 @@ impl HttpRunner {
                 RunnerOutput::Media(self.fetch_all(r.images).await?)
             }
             Capability::ImageToVideo => {
+                // The runner answers frames (or one `video/*` object); the orchestrator turns
+                // frames into the ONE video Livepeer's gateway returns in `images[]`.
                 let r: VideoResponse = parse(body)?;
-                let media = self
-                    .fetch_all(r.frames.into_iter().flatten().collect())
-                    .await?;
-                // Livepeer answers image-to-video with ONE video in `images[]`.
-                match media.as_slice() {
-                    [one] if one.content_type.starts_with("video/") => RunnerOutput::Media(media),
-                    _ => {
-                        return Err(RunnerError::Unsupported(format!(
-                            "image-to-video: the runner answered {} frame image(s); encoding \
-                             frames into one MP4 video is not implemented yet (a runner that \
-                             answers one video/* object works)",
-                            media.len()
-                        )))
-                    }
-                }
+                RunnerOutput::Media(
+                    self.fetch_all(r.frames.into_iter().flatten().collect())
+                        .await?,
+                )
             }
             Capability::AudioToText => RunnerOutput::Transcript(parse(body)?),
             Capability::ImageToText => RunnerOutput::Caption(parse(body)?),

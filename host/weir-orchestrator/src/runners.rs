@@ -3,11 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use weir_media::transcode::TranscodeError;
 use weir_models::http::{HttpRunner, HttpRunnerConfig};
 use weir_models::{
     BoxFuture, Health, ModelRunner, OutputMedia, RunnerError, RunnerInput, RunnerOutput,
 };
-use weir_protocol::ai::{ImageToTextResponse, MediaFacts};
+use weir_protocol::ai::{AiRequest, ImageToTextResponse, MediaFacts};
+use weir_protocol::Capability;
 use weir_runtime::media::Blob;
 use weir_runtime::{GuestError, ParamValue, Registry, RuntimeError, WorldKind};
 
@@ -38,6 +41,18 @@ pub fn build(
         kind: entry.runner.kind(),
         reason,
     };
+    let runner = build_runner(entry, registry).map_err(fail)?;
+    if Capability::from_id(&entry.pipeline) == Some(Capability::ImageToVideo) {
+        return Ok(Arc::new(FramesToVideo { inner: runner }));
+    }
+    Ok(runner)
+}
+
+/// The runner `entry` names, as it answers.
+fn build_runner(
+    entry: &ModelEntry,
+    registry: &Arc<Registry>,
+) -> Result<Arc<dyn ModelRunner>, String> {
     match &entry.runner {
         RunnerSpec::Http { url, token } => {
             let runner = HttpRunner::new(HttpRunnerConfig {
@@ -46,7 +61,7 @@ pub fn build(
                 timeout: entry.timeout(),
                 health_timeout: Duration::from_secs(5),
             })
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
             Ok(Arc::new(runner))
         }
         RunnerSpec::Onnx {
@@ -54,7 +69,7 @@ pub fn build(
             onnxruntime,
             cuda,
             threads,
-        } => build_onnx(model_path, onnxruntime.as_deref(), *cuda, *threads).map_err(fail),
+        } => build_onnx(model_path, onnxruntime.as_deref(), *cuda, *threads),
         RunnerSpec::Wasm { component } => Ok(Arc::new(WasmPipelineRunner {
             registry: registry.clone(),
             component: component.clone(),
@@ -212,5 +227,90 @@ impl ModelRunner for WasmPipelineRunner {
                 Err(e) => Health::Unhealthy(e.to_string()),
             }
         })
+    }
+}
+
+/// Image-to-video as Livepeer's gateway answers it: ONE video in `images[]`. Runners answer
+/// frames (Livepeer's AI runner answers `frames: [[Media]]`); this wrapper encodes them into one
+/// H.264 MP4 at the request's `fps` ([`weir_media::frames`], on a blocking thread). A runner that
+/// already answers one `video/*` object is passed through.
+pub struct FramesToVideo {
+    inner: Arc<dyn ModelRunner>,
+}
+
+impl ModelRunner for FramesToVideo {
+    fn run(&self, input: RunnerInput) -> BoxFuture<'_, Result<RunnerOutput, RunnerError>> {
+        Box::pin(async move {
+            let fps = match &input.request {
+                AiRequest::ImageToVideo(r) => r.fps,
+                _ => DEFAULT_FPS,
+            };
+            match self.inner.run(input).await? {
+                RunnerOutput::Media(media) => frames_to_video(media, fps).await,
+                other => Ok(other),
+            }
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'_, Health> {
+        self.inner.health()
+    }
+}
+
+/// Livepeer's default image-to-video frame rate.
+const DEFAULT_FPS: u32 = 6;
+
+/// One `video/*` object as it is; otherwise the frames encoded into one MP4 that carries the
+/// first frame's seed and is flagged NSFW when any frame is.
+async fn frames_to_video(media: Vec<OutputMedia>, fps: u32) -> Result<RunnerOutput, RunnerError> {
+    if let [one] = media.as_slice() {
+        if one.content_type.starts_with("video/") {
+            return Ok(RunnerOutput::Media(media));
+        }
+    }
+    let Some(first) = media.first() else {
+        return Err(RunnerError::BadResponse(
+            "image-to-video: the runner returned no frames".to_owned(),
+        ));
+    };
+    let (seed, nsfw, count) = (first.seed, media.iter().any(|m| m.nsfw), media.len());
+    let frames: Vec<Bytes> = media.into_iter().map(|m| Bytes::from(m.data)).collect();
+    let started = std::time::Instant::now();
+    let encoded =
+        tokio::task::spawn_blocking(move || weir_media::frames::encode_frames_to_mp4(&frames, fps))
+            .await
+            .map_err(|e| RunnerError::Failed {
+                status: 500,
+                message: format!("image-to-video: the encoding task failed: {e}"),
+            })?;
+    let video = encoded.map_err(|e| encode_error(e, count))?;
+    tracing::info!(
+        frames = count,
+        fps,
+        bytes = video.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "image-to-video frames encoded to MP4"
+    );
+    Ok(RunnerOutput::Media(vec![OutputMedia {
+        content_type: "video/mp4".to_owned(),
+        data: Vec::from(video),
+        seed,
+        nsfw,
+    }]))
+}
+
+/// Frames the runner sent that cannot be encoded are its fault (502); a missing encoder here is
+/// this orchestrator's (500).
+fn encode_error(e: TranscodeError, frames: usize) -> RunnerError {
+    let message =
+        format!("image-to-video: encoding the runner's {frames} frame(s) into an MP4: {e}");
+    match e {
+        TranscodeError::InvalidInput(_) | TranscodeError::Options(_) => {
+            RunnerError::BadResponse(message)
+        }
+        _ => RunnerError::Failed {
+            status: 500,
+            message,
+        },
     }
 }

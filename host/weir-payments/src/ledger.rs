@@ -36,6 +36,9 @@ pub enum LedgerError {
     /// The database failed.
     #[error("ledger database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The task that began a transaction failed (the runtime is shutting down).
+    #[error("ledger task: {0}")]
+    Task(String),
     /// The schema could not be applied.
     #[error("ledger migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -325,8 +328,19 @@ impl Ledger {
 
     /// A write transaction that takes SQLite's write lock up front (`BEGIN IMMEDIATE`), so a
     /// transaction that reads and then writes never deadlocks with another writer.
+    ///
+    /// The transaction is begun on a task of its own. A caller dropped while SQLite runs the
+    /// `BEGIN` (a client that went away, a cancelled job) would otherwise leave the pooled
+    /// connection inside a transaction that no `Transaction` value owns, so nothing rolls it
+    /// back and every later write on that connection fails ("begin_with at non-zero
+    /// transaction depth"). On its own task the `BEGIN` completes, and a `Transaction` nobody
+    /// awaits any more is dropped there, which rolls it back.
     async fn write_tx(&self) -> Result<Tx, LedgerError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+            .await
+            .map_err(|e| LedgerError::Task(e.to_string()))?
+            .map_err(LedgerError::from)
     }
 
     /// Add `amount` to `sender`'s balance for `capability`. Applying the same `id` again is a
@@ -625,6 +639,23 @@ mod tests {
             .await
             .expect("open");
         (ledger, dir)
+    }
+
+    /// A caller dropped at any point of a write (a client that went away, a cancelled job)
+    /// must leave every pooled connection usable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_cut_off_at_any_point_leave_the_ledger_usable() {
+        let (l, _d) = ledger().await;
+        for i in 0..2000u64 {
+            let cut = std::time::Duration::from_micros(i % 300);
+            let _ = tokio::time::timeout(cut, l.credit(&format!("c{i}"), "a", "cap", 1)).await;
+        }
+        // Every connection of the pool must start a new write transaction.
+        for i in 0..16u64 {
+            l.credit(&format!("after{i}"), "a", "cap", 1)
+                .await
+                .expect("a write after cut-off writes");
+        }
     }
 
     #[tokio::test]

@@ -12,10 +12,15 @@ fn field_schema(f: &FieldSpec) -> Value {
         "file" => {
             s.insert("type".into(), json!("string"));
             s.insert("format".into(), json!("binary"));
+            // An empty file is refused.
+            s.insert("minLength".into(), json!(1));
             s.insert(
                 "description".into(),
                 json!(format!("Accepted types: {}", f.media_types.join(", "))),
             );
+            if let [only] = f.media_types.as_slice() {
+                s.insert("contentMediaType".into(), json!(only));
+            }
         }
         "messages" => {
             s.insert("type".into(), json!("array"));
@@ -24,6 +29,18 @@ fn field_schema(f: &FieldSpec) -> Value {
                 "items".into(),
                 json!({"$ref": "#/components/schemas/ChatMessage"}),
             );
+        }
+        "string" if f.required => {
+            // A required text must hold something other than white space.
+            s.insert("type".into(), json!("string"));
+            s.insert("minLength".into(), json!(1));
+            s.insert("pattern".into(), json!(NOT_BLANK));
+        }
+        "string" => {
+            s.insert("type".into(), json!("string"));
+            if let Some(Value::Object(extra)) = text_constraints(&f.name) {
+                s.extend(extra);
+            }
         }
         kind => {
             s.insert("type".into(), json!(kind));
@@ -47,8 +64,38 @@ fn field_schema(f: &FieldSpec) -> Value {
     Value::Object(s)
 }
 
+/// A `pattern` that a text matches when it holds something besides white space (what
+/// `str::trim` removes: Unicode's White_Space): a required text must.
+pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
+/// A decimal number of the JSON texts below (a safe subset of what the server parses).
+const NUM: &str = r"-?(0|[1-9][0-9]{0,3})(\.[0-9]{1,3})?";
+
+/// Constraints on the text fields that carry JSON or a closed set of words: a JSON Schema
+/// cannot say "parses as JSON", so these patterns describe a subset of what the server reads,
+/// one whose every match it accepts.
+fn text_constraints(name: &str) -> Option<Value> {
+    let pair = format!(r"\[{NUM},{NUM}\]");
+    let row = format!(r"\[({NUM}(,{NUM})*)?\]");
+    let scalar = format!(r#"("[A-Za-z0-9 _-]{{0,32}}"|{NUM}|true|false|null)"#);
+    let member = format!(r#""[a-z_]{{1,16}}":{scalar}"#);
+    let pattern = match name {
+        "return_timestamps" => return Some(json!({"enum": ["true", "false", "word"]})),
+        "point_coords" => format!(r"^\[({pair}(,{pair})*)?\]$"),
+        "point_labels" => r"^\[([01](,[01])*)?\]$".to_owned(),
+        "box" => format!(r"^\[{NUM},{NUM},{NUM},{NUM}\]$"),
+        "mask_input" => format!(r"^\[({row}(,{row})*)?\]$"),
+        "metadata" => format!(r"^\{{({member}(,{member})*)?\}}$"),
+        _ => return None,
+    };
+    Some(json!({"contentMediaType": "application/json", "pattern": pattern}))
+}
+
 fn number(v: f64) -> Value {
-    if v.fract() == 0.0 && v.abs() < 9e15 {
+    // `i64::MAX as f64` rounds up past i64::MAX: say the integer the server really allows.
+    if v >= i64::MAX as f64 {
+        json!(i64::MAX)
+    } else if v.fract() == 0.0 && v.abs() < 9e15 {
         json!(v as i64)
     } else {
         json!(v)
@@ -69,6 +116,47 @@ fn response_ref(capability: Capability) -> &'static str {
     }
 }
 
+/// Drops every operation's bearer requirement and its 401 answer: what an open gateway (one
+/// that asks clients for no token) serves, so that the document says what the server does.
+pub fn without_auth(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for item in paths.values_mut().filter_map(Value::as_object_mut) {
+        for op in item.values_mut().filter_map(Value::as_object_mut) {
+            if op.remove("security").is_some() {
+                if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                    r.remove("401");
+                }
+            }
+        }
+    }
+}
+
+/// The shared schemas: responses, media, chat messages, errors; and the bearer scheme.
+fn components() -> Value {
+    let media = json!({"type": "object", "required": ["url"], "properties": {
+        "url": {"type": "string"}, "seed": {"type": "integer"}, "nsfw": {"type": "boolean"}}});
+    json!({
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Media": media,
+            "ImageResponse": {"type": "object", "required": ["images"], "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Media"}}}},
+            "AudioResponse": {"type": "object", "required": ["audio"], "properties": {"audio": {"$ref": "#/components/schemas/Media"}}},
+            "TextResponse": {"type": "object", "required": ["text", "chunks"], "properties": {"text": {"type": "string"}, "chunks": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "string"}, "timestamp": {"type": "array", "items": {}}}}}}},
+            "ImageToTextResponse": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+            "MasksResponse": {"type": "object", "required": ["masks", "scores", "logits"], "properties": {"masks": {"type": "string"}, "scores": {"type": "string"}, "logits": {"type": "string"}}},
+            "ChatMessage": {"type": "object", "required": ["role", "content"], "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}},
+            "LLMResponse": {"type": "object", "required": ["id", "model", "created", "choices"], "properties": {
+                "id": {"type": "string"}, "model": {"type": "string"}, "created": {"type": "integer"},
+                "choices": {"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "message": {"$ref": "#/components/schemas/ChatMessage"}, "delta": {"$ref": "#/components/schemas/ChatMessage"}, "finish_reason": {"type": "string"}}}},
+                "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}},
+            "HTTPError": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "object", "required": ["msg"], "properties": {"msg": {"type": "string"}}}}},
+            "HTTPValidationError": {"type": "object", "properties": {"detail": {"type": "array", "items": {"type": "object", "required": ["loc", "msg", "type"], "properties": {"loc": {"type": "array", "items": {"type": "string"}}, "msg": {"type": "string"}, "type": {"type": "string"}}}}}},
+        }
+    })
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let mut paths = Map::new();
@@ -83,7 +171,25 @@ pub fn document() -> Value {
             .filter(|f| f.required)
             .map(|f| f.name.as_str())
             .collect();
+        let mut body = json!({"schema": {
+            "type": "object", "properties": properties, "required": required,
+        }});
         let media = if capability.is_multipart() {
+            // The accepted types of each file part (OpenAPI's `encoding`, comma-separated).
+            let encoding: Map<String, Value> = fields
+                .iter()
+                .filter(|f| f.kind == "file" && !f.media_types.is_empty())
+                .map(|f| {
+                    (
+                        f.name.clone(),
+                        json!({"contentType": f.media_types.join(", ")}),
+                    )
+                })
+                .collect();
+            body["encoding"] = Value::Object(encoding);
+            // A part's name travels in its Content-Disposition header: no control characters
+            // or quotes.
+            body["schema"]["propertyNames"] = json!({"pattern": "^[^\\u0000-\\u001f\\u007f\"]*$"});
             "multipart/form-data"
         } else {
             "application/json"
@@ -99,9 +205,7 @@ pub fn document() -> Value {
                 "operationId": capability.id().replace('-', "_"),
                 "summary": format!("Run {}", capability.id()),
                 "security": [{"bearer": []}],
-                "requestBody": {"required": true, "content": {media: {"schema": {
-                    "type": "object", "properties": properties, "required": required,
-                }}}},
+                "requestBody": {"required": true, "content": {media: body}},
                 "responses": {
                     "200": {"description": "Successful Response", "content": ok},
                     "400": error("Bad Request"),
@@ -115,31 +219,12 @@ pub fn document() -> Value {
             }}),
         );
     }
-    let media = json!({"type": "object", "required": ["url"], "properties": {
-        "url": {"type": "string"}, "seed": {"type": "integer"}, "nsfw": {"type": "boolean"}}});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Weir AI API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Livepeer-compatible AI API served by the Weir gateway."},
         "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Media": media,
-                "ImageResponse": {"type": "object", "required": ["images"], "properties": {"images": {"type": "array", "items": {"$ref": "#/components/schemas/Media"}}}},
-                "AudioResponse": {"type": "object", "required": ["audio"], "properties": {"audio": {"$ref": "#/components/schemas/Media"}}},
-                "TextResponse": {"type": "object", "required": ["text", "chunks"], "properties": {"text": {"type": "string"}, "chunks": {"type": "array", "items": {"type": "object", "properties": {"text": {"type": "string"}, "timestamp": {"type": "array", "items": {}}}}}}},
-                "ImageToTextResponse": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
-                "MasksResponse": {"type": "object", "required": ["masks", "scores", "logits"], "properties": {"masks": {"type": "string"}, "scores": {"type": "string"}, "logits": {"type": "string"}}},
-                "ChatMessage": {"type": "object", "required": ["role", "content"], "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]}, "content": {"type": "string"}}},
-                "LLMResponse": {"type": "object", "required": ["id", "model", "created", "choices"], "properties": {
-                    "id": {"type": "string"}, "model": {"type": "string"}, "created": {"type": "integer"},
-                    "choices": {"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "message": {"$ref": "#/components/schemas/ChatMessage"}, "delta": {"$ref": "#/components/schemas/ChatMessage"}, "finish_reason": {"type": "string"}}}},
-                    "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"}, "total_tokens": {"type": "integer"}}}}},
-                "HTTPError": {"type": "object", "required": ["detail"], "properties": {"detail": {"type": "object", "required": ["msg"], "properties": {"msg": {"type": "string"}}}}},
-                "HTTPValidationError": {"type": "object", "properties": {"detail": {"type": "array", "items": {"type": "object", "required": ["loc", "msg", "type"], "properties": {"loc": {"type": "array", "items": {"type": "string"}}, "msg": {"type": "string"}, "type": {"type": "string"}}}}}},
-            }
-        }
+        "components": components(),
     })
 }
 
@@ -179,5 +264,55 @@ mod tests {
             &doc["paths"]["/llm"]["post"]["requestBody"]["content"]["application/json"]["schema"];
         assert_eq!(llm["properties"]["max_tokens"]["default"], json!(256));
         assert_eq!(doc["paths"].as_object().map(|p| p.len()), Some(9));
+    }
+
+    /// What the validation refuses, the document says: blank required texts, empty files,
+    /// seeds past `i64::MAX`, files of other types, words outside a closed set.
+    #[test]
+    fn the_document_states_what_validation_refuses() {
+        let doc = document();
+        let body = |path: &str, media: &str| {
+            doc["paths"][path]["post"]["requestBody"]["content"][media].clone()
+        };
+        let t2i = body("/text-to-image", "application/json");
+        let prompt = &t2i["schema"]["properties"]["prompt"];
+        assert_eq!(prompt["minLength"], json!(1));
+        assert_eq!(prompt["pattern"], json!(NOT_BLANK));
+        assert_eq!(
+            t2i["schema"]["properties"]["seed"]["maximum"],
+            json!(i64::MAX)
+        );
+        let a2t = body("/audio-to-text", "multipart/form-data");
+        assert_eq!(a2t["schema"]["properties"]["audio"]["minLength"], json!(1));
+        let types = a2t["encoding"]["audio"]["contentType"]
+            .as_str()
+            .unwrap_or("");
+        assert!(types.contains("audio/*"), "{types}");
+        assert_eq!(
+            a2t["schema"]["properties"]["return_timestamps"]["enum"],
+            json!(["true", "false", "word"])
+        );
+        let sam = body("/segment-anything-2", "multipart/form-data");
+        let pattern = sam["schema"]["properties"]["point_coords"]["pattern"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            pattern.starts_with("^\\[") && pattern.ends_with("\\]$"),
+            "{pattern}"
+        );
+        assert!(sam["schema"]["propertyNames"]["pattern"].is_string());
+    }
+
+    #[test]
+    fn an_open_gateway_documents_no_bearer_requirement() {
+        let mut doc = document();
+        let op = &doc["paths"]["/upscale"]["post"];
+        assert!(op["security"].is_array() && op["responses"]["401"].is_object());
+        without_auth(&mut doc);
+        for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+            assert!(item["post"].get("security").is_none(), "{path}");
+            assert!(item["post"]["responses"].get("401").is_none(), "{path}");
+            assert!(item["post"]["responses"]["422"].is_object(), "{path}");
+        }
     }
 }

@@ -25,7 +25,8 @@ use rand::{Rng, SeedableRng};
 /// Largest input the mutator grows a case to.
 const MAX_INPUT: usize = 64 * 1024;
 
-static PANICS: AtomicUsize = AtomicUsize::new(0);
+/// Panics seen per thread name ("" for unnamed threads), contained ones excepted.
+static PANICS: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
 static CONTAINED: AtomicUsize = AtomicUsize::new(0);
 static HOOK: Once = Once::new();
 static CONTAINED_IN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
@@ -48,7 +49,32 @@ pub fn contained_panics() -> usize {
 /// Panics seen anywhere in this process since it started, including in background tasks whose
 /// panics never reach the target's caller (a tokio task, a server connection).
 pub fn panics_seen() -> usize {
-    PANICS.load(Ordering::SeqCst)
+    panics_on("")
+}
+
+/// Panics seen on threads whose name starts with `prefix`. A target whose code runs on
+/// threads of its own (a tokio runtime built with `thread_name`) watches those, so a panic in
+/// another test running at the same time is never blamed on it.
+pub fn panics_on(prefix: &str) -> usize {
+    PANICS
+        .lock()
+        .map(|v| {
+            v.iter()
+                .filter(|(n, _)| n.starts_with(prefix))
+                .map(|(_, c)| c)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn count_panic() {
+    let name = std::thread::current().name().unwrap_or("").to_owned();
+    if let Ok(mut v) = PANICS.lock() {
+        match v.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => v.push((name, 1)),
+        }
+    }
 }
 
 /// Count every panic in the process (then print it as the default hook does).
@@ -64,7 +90,7 @@ pub fn install_panic_counter() {
             if contained {
                 CONTAINED.fetch_add(1, Ordering::SeqCst);
             } else {
-                PANICS.fetch_add(1, Ordering::SeqCst);
+                count_panic();
                 default(info);
             }
         }));
@@ -205,7 +231,18 @@ fn mutate_once(rng: &mut StdRng, data: &mut Vec<u8>, other: &[u8]) {
 
 /// Run `target` on mutants of `seeds` and the target's corpus for [`budget`]. Panics (with
 /// the saved input's path) when the target panics.
-pub fn fuzz(name: &str, seeds: Vec<Vec<u8>>, mut target: impl FnMut(&[u8])) -> Report {
+pub fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl FnMut(&[u8])) -> Report {
+    fuzz_watching(name, None, seeds, target)
+}
+
+/// [`fuzz`], also failing when a panic happens on a thread whose name starts with
+/// `background` (the threads of a server the target feeds).
+pub fn fuzz_watching(
+    name: &str,
+    background: Option<&str>,
+    seeds: Vec<Vec<u8>>,
+    mut target: impl FnMut(&[u8]),
+) -> Report {
     install_panic_counter();
     if std::env::var_os("WEIR_FUZZ_SAVE_SEEDS").is_some() {
         save_seeds(name, &seeds);
@@ -222,7 +259,7 @@ pub fn fuzz(name: &str, seeds: Vec<Vec<u8>>, mut target: impl FnMut(&[u8])) -> R
     // Every case as it is first, then mutants until the budget is spent.
     let originals = cases.clone();
     for case in originals.iter() {
-        run_one(name, seed, case, &mut target);
+        run_one(name, background, seed, case, &mut target);
         executions += 1;
     }
     while Instant::now() < deadline {
@@ -231,7 +268,7 @@ pub fn fuzz(name: &str, seeds: Vec<Vec<u8>>, mut target: impl FnMut(&[u8])) -> R
         for _ in 0..rng.random_range(1..=4) {
             mutate_once(&mut rng, &mut input, other);
         }
-        run_one(name, seed, &input, &mut target);
+        run_one(name, background, seed, &input, &mut target);
         executions += 1;
         // Keep some mutants as bases for deeper mutation, bounded.
         if cases.len() < 256 && rng.random_range(0..64) == 0 {
@@ -248,10 +285,17 @@ pub fn fuzz(name: &str, seeds: Vec<Vec<u8>>, mut target: impl FnMut(&[u8])) -> R
     }
 }
 
-fn run_one(name: &str, seed: u64, input: &[u8], target: &mut impl FnMut(&[u8])) {
-    let before = panics_seen();
+fn run_one(
+    name: &str,
+    background: Option<&str>,
+    seed: u64,
+    input: &[u8],
+    target: &mut impl FnMut(&[u8]),
+) {
+    let watched = || background.map_or(0, panics_on);
+    let before = watched();
     let outcome = catch_unwind(AssertUnwindSafe(|| target(input)));
-    if outcome.is_err() || panics_seen() != before {
+    if outcome.is_err() || watched() != before {
         let path = save_crash(name, input);
         panic!(
             "fuzz target {name} panicked (seed {seed}); input saved at {}",

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use weir_fuzz::{fuzz, panics_seen};
+use weir_fuzz::{fuzz, fuzz_watching, panics_on};
 use weir_media::packet::{CodecConfig, IngestEvent, MediaPacket, Track};
 use weir_media::rtmp::{PublishHandler, RtmpLimits};
 use weir_media::segmenter::Segmenter;
@@ -336,20 +336,31 @@ async fn feed(addr: SocketAddr, input: &[u8], handshake_first: bool) {
     .await;
 }
 
+/// A runtime whose threads are named `threads`, so panics in its tasks are told apart.
+fn background_runtime(threads: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(threads)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn rtmp_target(name: &str, seeds: Vec<Vec<u8>>, handshake_first: bool) {
     // The server runs `rml_rtmp` under `catch_unwind` (its arithmetic on peer values can
     // overflow): such a panic ends that connection only, which is what this target checks.
     weir_fuzz::expect_contained_panics_in("weir_media::rtmp::contained");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let threads = format!("fuzz-bg-{name}");
+    let rt = background_runtime(&threads);
     let addr = rt.block_on(rtmp_server());
-    let before = panics_seen();
-    let r = fuzz(name, seeds, |input| {
+    let before = panics_on(&threads);
+    let r = fuzz_watching(name, Some(&threads), seeds, |input| {
         rt.block_on(feed(addr, input, handshake_first));
     });
     // The server survived all of it: a real client still completes a handshake.
     let alive = rt.block_on(handshake(addr)).is_some();
     assert!(alive, "the RTMP server stopped answering after {r:?}");
-    assert_eq!(panics_seen(), before, "a connection task panicked");
+    assert_eq!(panics_on(&threads), before, "a connection task panicked");
 }
 
 #[test]
@@ -404,7 +415,8 @@ async fn trickle_call(router: &axum::Router, method: &str, path: &str, body: Vec
 
 #[test]
 fn trickle_requests() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let threads = "fuzz-bg-trickle";
+    let rt = background_runtime(threads);
     let registry = prometheus::Registry::new();
     let server = weir_trickle::TrickleServer::new(Default::default(), &registry).expect("server");
     let router = server.router();
@@ -423,7 +435,7 @@ fn trickle_requests() {
         format!("/ai/trickle/{}.{token}/{}", g.name, r.seq)
     };
     let seed: Vec<u8> = [1u8, 0, 0, b'0', 0, 0, 0, 1, b'x'].to_vec();
-    let r = fuzz("trickle", vec![seed], |input| {
+    let r = fuzz_watching("trickle", Some(threads), vec![seed], |input| {
         let mut u = Unstructured::new(input);
         rt.block_on(async {
             while let Ok(req) = TrickleRequest::arbitrary(&mut u) {
