@@ -69,17 +69,20 @@ pub(crate) fn gateway(orchestrators: &[&str], extra: &str) -> Weir {
     Weir::start("gateway", &config, &[])
 }
 
-fn upscale_form() -> reqwest::blocking::multipart::Form {
+/// The upscale fixture as a form part named `file_name`, labelled `mime`.
+pub(crate) fn fixture_part(file_name: &str, mime: &str) -> reqwest::blocking::multipart::Part {
     let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
+    reqwest::blocking::multipart::Part::bytes(png)
+        .file_name(file_name.to_owned())
+        .mime_str(mime)
+        .expect("mime")
+}
+
+/// An `/upscale` form: a prompt and the fixture as a PNG.
+pub(crate) fn upscale_form() -> reqwest::blocking::multipart::Form {
     reqwest::blocking::multipart::Form::new()
         .text("prompt", "sharper")
-        .part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png)
-                .file_name("fixture.png")
-                .mime_str("image/png")
-                .expect("mime"),
-        )
+        .part("image", fixture_part("fixture.png", "image/png"))
 }
 
 fn post_upscale(gw: &Weir) -> reqwest::blocking::Response {
@@ -498,16 +501,9 @@ fn image_to_video_answers_one_mp4_encoded_from_the_runners_frames() {
     let o = Weir::start("orchestrator", &config, &[]);
     let gw = gateway(&[&o.url], "");
     wait_discovered(&gw, 1);
-    let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
     let form = reqwest::blocking::multipart::Form::new()
         .text("fps", "8")
-        .part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png)
-                .file_name("fixture.png")
-                .mime_str("image/png")
-                .expect("mime"),
-        );
+        .part("image", fixture_part("fixture.png", "image/png"));
     let r = client()
         .post(format!("{}/image-to-video", gw.url))
         .bearer_auth(CLIENT_TOKEN)

@@ -85,16 +85,7 @@ fn wait_offered(node: &Weir) {
 
 /// `POST /upscale` with the fixture; (status, body). A dropped connection fails the test.
 fn upscale(url: &str) -> (u16, Value) {
-    let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
-    let form = reqwest::blocking::multipart::Form::new()
-        .text("prompt", "sharper")
-        .part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png)
-                .file_name("fixture.png")
-                .mime_str("image/png")
-                .expect("mime"),
-        );
+    let form = crate::ai::upscale_form();
     let resp = client()
         .post(format!("{url}/upscale"))
         .multipart(form)

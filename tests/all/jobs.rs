@@ -236,16 +236,9 @@ fn an_upscale_job_completes_with_a_result_url_and_a_signed_webhook() {
     assert_eq!(shown["webhooks"][0]["id"], delivered[0].0.as_str());
 
     // Uploads work too, and `Prefer: wait` answers short jobs in one round trip.
-    let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
     let form = reqwest::blocking::multipart::Form::new()
         .text("model", "upscale-2x")
-        .part(
-            "image",
-            reqwest::blocking::multipart::Part::bytes(png)
-                .file_name("in.png")
-                .mime_str("image/png")
-                .expect("mime"),
-        );
+        .part("image", crate::ai::fixture_part("in.png", "image/png"));
     let r = client()
         .post(format!("{}/api/v1/generate", gw.url))
         .bearer_auth(CLIENT_TOKEN)

@@ -286,15 +286,11 @@ fn the_ai_api_serves_browsers_and_livepeer_clients_but_the_admin_api_stays_close
     assert_preflight_ok(&preflight(&upscale, "POST"), "POST");
 
     // A PNG labelled as opaque bytes is still a PNG.
-    let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
     let form = reqwest::blocking::multipart::Form::new()
         .text("prompt", "sharper")
         .part(
             "image",
-            reqwest::blocking::multipart::Part::bytes(png)
-                .file_name("fixture.bin")
-                .mime_str("application/octet-stream")
-                .expect("mime"),
+            crate::ai::fixture_part("fixture.bin", "application/octet-stream"),
         );
     let r = client()
         .post(&upscale)

@@ -8,11 +8,10 @@
 
 use bytes::Bytes;
 use ff::format::Pixel;
-use ff::software::scaling;
 use ff::{codec, decoder, encoder, frame, Packet, Rational};
 use ffmpeg_next as ff;
 
-use crate::transcode::{ffe, init_ffmpeg, TranscodeError};
+use crate::transcode::{ffe, init_ffmpeg, ToYuv420, TranscodeError};
 
 /// The most frames one video may have.
 pub const MAX_FRAMES: usize = 600;
@@ -136,10 +135,8 @@ fn decode_frame(index: usize, data: &[u8]) -> Result<frame::Video, TranscodeErro
 struct Mp4Writer {
     octx: ff::format::context::Output,
     encoder: encoder::Video,
-    width: u32,
-    height: u32,
     enc_tb: Rational,
-    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
+    scaler: ToYuv420,
     next_pts: i64,
 }
 
@@ -192,37 +189,15 @@ impl Mp4Writer {
         Ok(Mp4Writer {
             octx,
             encoder,
-            width,
-            height,
             enc_tb,
-            scaler: None,
+            scaler: ToYuv420::new(width, height),
             next_pts: 0,
         })
     }
 
     /// Scales `src` to the video's size and encodes it as the next frame.
     fn push(&mut self, src: &frame::Video) -> Result<(), TranscodeError> {
-        let key = (src.format(), src.width(), src.height());
-        if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-            let ctx = scaling::Context::get(
-                key.0,
-                key.1,
-                key.2,
-                Pixel::YUV420P,
-                self.width,
-                self.height,
-                scaling::Flags::BILINEAR,
-            )
-            .map_err(ffe(format!(
-                "creating a scaler from {:?} {}x{}",
-                key.0, key.1, key.2
-            )))?;
-            self.scaler = Some((ctx, key));
-        }
-        let mut out = frame::Video::new(Pixel::YUV420P, self.width, self.height);
-        if let Some((ctx, _)) = self.scaler.as_mut() {
-            ctx.run(src, &mut out).map_err(ffe("scaling"))?;
-        }
+        let mut out = self.scaler.scale(src)?;
         out.set_pts(Some(self.next_pts));
         self.next_pts += 1;
         self.encoder

@@ -695,7 +695,7 @@ struct Output {
     a_ost: Option<usize>,
     v_tb: Option<Rational>,
     a_tb: Option<Rational>,
-    scaler: Option<(scaling::Context, (Pixel, u32, u32))>,
+    scaler: ToYuv420,
     /// The latest scaled frame and its output slot (frame index at the profile's rate, from
     /// the first source frame), waiting for the next frame to know how often to encode it.
     pending: Option<(frame::Video, i64)>,
@@ -863,7 +863,7 @@ impl Output {
             a_ost,
             v_tb: None,
             a_tb: None,
-            scaler: None,
+            scaler: ToYuv420::new(profile.width, profile.height),
             pending: None,
             t0: None,
             frames_sent: 0,
@@ -912,7 +912,7 @@ impl Output {
         }
         self.t0 = Some(t0);
         let slot = self.slot_of(rel, tb);
-        let scaled = self.scale(src)?;
+        let scaled = self.scaler.scale(src)?;
         match self.pending.take() {
             Some((_, ps)) if slot <= ps => self.pending = Some((scaled, ps)),
             Some((held, ps)) => {
@@ -956,31 +956,6 @@ impl Output {
             self.encode(&mut frame, slot)?;
         }
         Ok(())
-    }
-
-    fn scale(&mut self, src: &frame::Video) -> Result<frame::Video, TranscodeError> {
-        let key = (src.format(), src.width(), src.height());
-        if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-            let ctx = scaling::Context::get(
-                key.0,
-                key.1,
-                key.2,
-                Pixel::YUV420P,
-                self.profile.width,
-                self.profile.height,
-                scaling::Flags::BILINEAR,
-            )
-            .map_err(ffe(format!(
-                "creating a scaler from {:?} {}x{}",
-                key.0, key.1, key.2
-            )))?;
-            self.scaler = Some((ctx, key));
-        }
-        let mut out = frame::Video::new(Pixel::YUV420P, self.profile.width, self.profile.height);
-        if let Some((ctx, _)) = self.scaler.as_mut() {
-            ctx.run(src, &mut out).map_err(ffe("scaling"))?;
-        }
-        Ok(out)
     }
 
     /// Encodes `frame` at output slot `slot`.
@@ -1034,6 +1009,51 @@ impl Output {
             job.audio.as_ref().map_or(0, |a| a.span.duration_ms())
         };
         Ok((frames, duration_ms))
+    }
+}
+
+/// A scaler to YUV 4:2:0 at a fixed output size; its swscale context is rebuilt only when the
+/// source's pixel format or size changes.
+pub(crate) struct ToYuv420 {
+    width: u32,
+    height: u32,
+    ctx: Option<(scaling::Context, (Pixel, u32, u32))>,
+}
+
+impl ToYuv420 {
+    /// A scaler to `width`×`height`.
+    pub(crate) fn new(width: u32, height: u32) -> Self {
+        ToYuv420 {
+            width,
+            height,
+            ctx: None,
+        }
+    }
+
+    /// `src` scaled and converted to the output size and format.
+    pub(crate) fn scale(&mut self, src: &frame::Video) -> Result<frame::Video, TranscodeError> {
+        let key = (src.format(), src.width(), src.height());
+        if self.ctx.as_ref().is_none_or(|(_, k)| *k != key) {
+            let ctx = scaling::Context::get(
+                key.0,
+                key.1,
+                key.2,
+                Pixel::YUV420P,
+                self.width,
+                self.height,
+                scaling::Flags::BILINEAR,
+            )
+            .map_err(ffe(format!(
+                "creating a scaler from {:?} {}x{}",
+                key.0, key.1, key.2
+            )))?;
+            self.ctx = Some((ctx, key));
+        }
+        let mut out = frame::Video::new(Pixel::YUV420P, self.width, self.height);
+        if let Some((ctx, _)) = self.ctx.as_mut() {
+            ctx.run(src, &mut out).map_err(ffe("scaling"))?;
+        }
+        Ok(out)
     }
 }
 
