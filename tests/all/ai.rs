@@ -199,6 +199,8 @@ pub(crate) struct RunnerState {
     pub(crate) delay_ms: AtomicU64,
     pub(crate) fail: std::sync::atomic::AtomicBool,
     pub(crate) served: AtomicUsize,
+    /// `/text-to-image` requests received (counted before the delay is read).
+    pub(crate) started: AtomicUsize,
 }
 
 /// A runner speaking Livepeer's AI runner API for `/text-to-image`: it answers one image per
@@ -230,7 +232,8 @@ pub(crate) fn runner_server(state: Arc<RunnerState>) -> TestServer {
                 let s = s.clone();
                 let url = url.clone();
                 async move {
-                    let delay = s.delay_ms.load(Ordering::Relaxed);
+                    s.started.fetch_add(1, Ordering::SeqCst);
+                    let delay = s.delay_ms.load(Ordering::SeqCst);
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
@@ -567,71 +570,104 @@ fn image_to_video_answers_one_mp4_encoded_from_the_runners_frames() {
     );
 }
 
-#[test]
-fn text_to_image_fails_over_when_an_orchestrator_dies_mid_load() {
-    let state = Arc::new(RunnerState::default());
-    state.delay_ms.store(150, Ordering::Relaxed);
-    let runner = runner_server(state.clone());
-    let mut o1 = http_orchestrator(&runner.url, 8, 30);
-    let o2 = http_orchestrator(&runner.url, 8, 30);
-    let gw = gateway(&[&o1.url, &o2.url], "retry_budget_secs = 20");
-    wait_discovered(&gw, 2);
-
-    let gw_url = gw.url.clone();
-    let load = std::thread::spawn(move || {
-        let mut statuses = Vec::new();
-        let mut served_by = Vec::new();
+/// 4 clients × 6 sequential `/text-to-image` requests through `gw_url`: (status, the
+/// `weir-orchestrator` that served it) of each, client by client in order.
+fn t2i_load(gw_url: String) -> std::thread::JoinHandle<Vec<(u16, Option<String>)>> {
+    std::thread::spawn(move || {
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
                     let gw_url = gw_url.clone();
                     s.spawn(move || {
-                        let mut out = Vec::new();
-                        for i in 0..6 {
-                            let r = client()
-                                .post(format!("{gw_url}/text-to-image"))
-                                .bearer_auth(CLIENT_TOKEN)
-                                .json(
-                                    &json!({"prompt": format!("a cat {i}"), "model_id": T2I_MODEL}),
-                                )
-                                .send()
-                                .expect("send");
-                            let by = r
-                                .headers()
-                                .get("weir-orchestrator")
-                                .map(|v| v.to_str().unwrap_or("").to_owned());
-                            out.push((r.status().as_u16(), by));
-                        }
-                        out
+                        (0..6)
+                            .map(|i| {
+                                let r = client()
+                                    .post(format!("{gw_url}/text-to-image"))
+                                    .bearer_auth(CLIENT_TOKEN)
+                                    .json(&json!({"prompt": format!("a cat {i}"), "model_id": T2I_MODEL}))
+                                    .send()
+                                    .expect("send");
+                                let by = r
+                                    .headers()
+                                    .get("weir-orchestrator")
+                                    .map(|v| v.to_str().unwrap_or("").to_owned());
+                                (r.status().as_u16(), by)
+                            })
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            for h in handles {
-                for (status, by) in h.join().expect("thread") {
-                    statuses.push(status);
-                    served_by.push(by);
-                }
-            }
-        });
-        (statuses, served_by)
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    o1.kill();
-    let (statuses, served_by) = load.join().expect("load");
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "every request must succeed through failover: {statuses:?}"
-    );
-    // After the kill, work went to the surviving orchestrator.
-    assert!(served_by.last().and_then(|b| b.as_deref()) == Some(o2.url.as_str()));
-    let attempts = gw.metrics();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("thread"))
+                .collect()
+        })
+    })
+}
+
+#[test]
+fn text_to_image_fails_over_when_an_orchestrator_dies_mid_load() {
+    // Each orchestrator has its own runner, which holds every request for 1 s, so a request
+    // in flight on either orchestrator is seen at its runner.
+    let states = [
+        Arc::new(RunnerState::default()),
+        Arc::new(RunnerState::default()),
+    ];
+    for s in &states {
+        s.delay_ms.store(1000, Ordering::SeqCst);
+    }
+    let runners: Vec<TestServer> = states.iter().map(|s| runner_server(s.clone())).collect();
+    let mut orchestrators = [
+        http_orchestrator(&runners[0].url, 8, 30),
+        http_orchestrator(&runners[1].url, 8, 30),
+    ];
+    let urls = [orchestrators[0].url.clone(), orchestrators[1].url.clone()];
+    // (`gateway` suspends failing orchestrators for 60 s, far longer than this test.)
+    let gw = gateway(&[&urls[0], &urls[1]], "retry_budget_secs = 20");
+    wait_discovered(&gw, 2);
+
+    let load = t2i_load(gw.url.clone());
+    // The first orchestrator a request reaches dies while that request is running there.
+    let victim = eventually(Duration::from_secs(60), || {
+        states
+            .iter()
+            .position(|s| s.started.load(Ordering::SeqCst) > 0)
+    })
+    .expect("no request ever reached a runner");
+    orchestrators[victim].kill();
+    let (dead, survivor) = (&urls[victim], &urls[1 - victim]);
+    let answers = load.join().expect("load");
+
+    // Every request succeeded, the ones cut off by the kill on the survivor.
+    assert_eq!(answers.len(), 24);
+    for (status, by) in &answers {
+        assert_eq!(
+            *status, 200,
+            "every request must succeed through failover: {answers:?}"
+        );
+        assert!(
+            by.as_deref() == Some(survivor) || by.as_deref() == Some(dead),
+            "{answers:?}"
+        );
+    }
+    // Each client's last request started well after the kill: the survivor served it.
+    for client in answers.chunks(6) {
+        assert_eq!(
+            client[5].1.as_deref(),
+            Some(survivor.as_str()),
+            "{answers:?}"
+        );
+    }
+    // The request in flight on the dead one failed there (and was retried elsewhere).
     let failed = metric(
-        &attempts,
-        &format!(
-            "weir_gateway_attempts_total{{orchestrator=\"{}\",outcome=\"failed\"}}",
-            o1.url
-        ),
+        &gw.metrics(),
+        &format!("weir_gateway_attempts_total{{orchestrator=\"{dead}\",outcome=\"failed\"}}"),
     );
+    assert!(
+        failed.unwrap_or(0.0) >= 1.0,
+        "the attempt in flight on the dead orchestrator was not counted as failed: {failed:?}"
+    );
+    // And the dead one is left out of selection now.
     let view: Value = client()
         .get(format!("{}/gateway/orchestrators", gw.url))
         .bearer_auth(CLIENT_TOKEN)
@@ -639,15 +675,19 @@ fn text_to_image_fails_over_when_an_orchestrator_dies_mid_load() {
         .expect("view")
         .json()
         .expect("json");
-    let dead = view["orchestrators"]
+    let shown = view["orchestrators"]
         .as_array()
         .expect("list")
         .iter()
-        .find(|o| o["url"] == o1.url.as_str())
-        .expect("o1 known");
+        .find(|o| o["url"] == dead.as_str())
+        .expect("the dead orchestrator is still known");
     assert!(
-        failed.unwrap_or(0.0) >= 1.0 || dead["info"].is_null(),
-        "the dead orchestrator was neither tried-and-failed nor dropped: {dead}"
+        shown["suspended_because"].is_string(),
+        "not suspended: {shown}"
+    );
+    assert!(
+        states[1 - victim].served.load(Ordering::SeqCst) > 0,
+        "the survivor's runner served nothing"
     );
 }
 

@@ -564,9 +564,35 @@ fn psql(url: &str, sql: &str) {
     });
 }
 
-/// Submit `n` jobs, kill the gateway mid-run, let `restart` bring up the survivors, and check
-/// that every accepted job ends exactly once.
-fn crash_and_recover(n: usize, jobs_extra: &str, restart: impl FnOnce(Weir, &str) -> Vec<Weir>) {
+/// The ids of the jobs `gw` shows as `processing`.
+fn processing(gw: &Weir) -> BTreeSet<String> {
+    let page: Value = client()
+        .get(format!(
+            "{}/api/v1/generate?status=processing&limit=100",
+            gw.url
+        ))
+        .bearer_auth(CLIENT_TOKEN)
+        .send()
+        .expect("list")
+        .json()
+        .expect("json");
+    page["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no job list: {page}"))
+        .iter()
+        .filter_map(|j| j["jobId"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Submit `n` jobs, kill the gateway while jobs are running on the orchestrator, let `restart`
+/// bring up the survivors (given the killed gateway's config and data dir), and check that
+/// every accepted job ends exactly once, and that the jobs cut off by the kill were reclaimed
+/// and run again.
+fn crash_and_recover(
+    n: usize,
+    jobs_extra: &str,
+    restart: impl FnOnce(&str, tempfile::TempDir) -> Vec<Weir>,
+) {
     let state = Arc::new(RunnerState::default());
     state.delay_ms.store(15, Ordering::Relaxed);
     let runner = runner_server(state.clone());
@@ -595,7 +621,23 @@ fn crash_and_recover(n: usize, jobs_extra: &str, restart: impl FnOnce(Weir, &str
         (hooks.seen.lock().len() >= n / 10).then_some(())
     });
     assert!(some_done.is_some(), "no job finished before the crash");
-    let survivors = restart(first, &extra);
+    // Stall the runner and wait until a job's request reaches it stalled: that job is running
+    // when the gateway dies (cut off, never completed by this gateway).
+    state.delay_ms.store(60_000, Ordering::SeqCst);
+    let before = state.started.load(Ordering::SeqCst);
+    let stalled = eventually(Duration::from_secs(60), || {
+        (state.started.load(Ordering::SeqCst) > before).then_some(())
+    });
+    assert!(
+        stalled.is_some(),
+        "no job reached the runner after it stalled"
+    );
+    let running = processing(&first);
+    assert!(!running.is_empty(), "no job is processing at the kill");
+    let config = std::fs::read_to_string(first.data.path().join("weir.toml")).expect("config");
+    let data = first.crash();
+    state.delay_ms.store(15, Ordering::SeqCst);
+    let survivors = restart(&config, data);
     let gw = &survivors[0];
     wait_discovered(gw, 1);
 
@@ -636,12 +678,25 @@ fn crash_and_recover(n: usize, jobs_extra: &str, restart: impl FnOnce(Weir, &str
     // each job at least once, and more only for runs cut off by the crash.
     let mut billed = 0u64;
     let mut reruns = 0u64;
+    let mut reclaimed = BTreeSet::new();
     for id in &accepted {
         let v = job_status(gw, id);
         assert_eq!(v["status"], "completed", "{v}");
         billed += v["billing"]["charge"].as_u64().expect("charge");
-        reruns += v["attempts"].as_u64().expect("attempts") - 1;
+        let attempts = v["attempts"].as_u64().expect("attempts");
+        assert!(attempts >= 1, "{v}");
+        reruns += attempts - 1;
+        if attempts > 1 {
+            reclaimed.insert(id.clone());
+        }
     }
+    // The job stalled at the runner was processing at the kill; it was reclaimed and run
+    // again (as were any others cut off).
+    assert!(reruns > 0, "no job was run again after the crash");
+    assert!(
+        reclaimed.iter().any(|id| running.contains(id)),
+        "none of the jobs processing at the kill ({running:?}) was run again ({reclaimed:?})"
+    );
     let paid: u64 = orch.ledger()["orchestrator"]
         .as_array()
         .map_or(0, |r| r.iter().filter_map(|x| x["amount"].as_u64()).sum());
@@ -661,14 +716,11 @@ fn postgres_jobs_survive_a_killed_gateway_and_run_exactly_once_on_two_others() {
     crash_and_recover(
         500,
         &format!("database = \"{}\"", db.url),
-        |first, _extra| {
+        |config, _killed_data| {
             // Two new gateways (their own data dirs) on the same database and orchestrator.
-            let config =
-                std::fs::read_to_string(first.data.path().join("weir.toml")).expect("config");
-            let _ = first.crash();
             vec![
-                Weir::start("gateway", &config, &[]),
-                Weir::start("gateway", &config, &[]),
+                Weir::start("gateway", config, &[]),
+                Weir::start("gateway", config, &[]),
             ]
         },
     );
@@ -676,9 +728,7 @@ fn postgres_jobs_survive_a_killed_gateway_and_run_exactly_once_on_two_others() {
 
 #[test]
 fn sqlite_jobs_survive_a_killed_gateway_and_run_exactly_once_after_restart() {
-    crash_and_recover(120, "", |first, _extra| {
-        let config = std::fs::read_to_string(first.data.path().join("weir.toml")).expect("config");
-        let data = first.crash();
-        vec![Weir::start_in("gateway", &config, &[], data, |_| {})]
+    crash_and_recover(120, "", |config, data| {
+        vec![Weir::start_in("gateway", config, &[], data, |_| {})]
     });
 }

@@ -538,17 +538,32 @@ fn a_stream_survives_an_orchestrator_dying_mid_stream() {
         (s == 200 && !parse_media(&text).segments.is_empty()).then_some(())
     });
     assert!(first.is_some(), "no segment was ever listed");
-    // A blocking reload for the next segment's first part returns once it exists; one far
-    // ahead is refused.
+    // A blocking reload is held until the part it asks for exists. It asks for the first part
+    // of the segment after the next one (the furthest the spec allows), which cannot exist
+    // yet; the answer must list it as a part, not merely hint at it (`EXT-X-PRELOAD-HINT`
+    // names the next part in any immediate answer). One further ahead is refused.
     let ll_url = format!("{}/stream/failover/source/ll.m3u8", gw.url);
+    let has_part = |playlist: &str, msn: u64| {
+        let uri = format!("URI=\"{msn}.0.m4s\"");
+        playlist
+            .lines()
+            .any(|l| l.starts_with("#EXT-X-PART:") && l.contains(&uri))
+    };
     let (_, ll) = get_text(&ll_url);
-    let next = ll
+    let first_msn: u64 = ll
         .lines()
-        .filter_map(|l| l.strip_prefix("#EXTINF:"))
-        .count() as u64;
-    let (status, held) = get_text(&format!("{ll_url}?_HLS_msn={next}&_HLS_part=0"));
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no media sequence:\n{ll}"));
+    let next = first_msn + ll.lines().filter(|l| l.starts_with("#EXTINF:")).count() as u64;
+    let ahead = next + 1;
+    assert!(!has_part(&ll, ahead), "{ahead}.0 exists already:\n{ll}");
+    let (status, held) = get_text(&format!("{ll_url}?_HLS_msn={ahead}&_HLS_part=0"));
     assert_eq!(status, 200, "{held}");
-    assert!(held.contains(&format!("URI=\"{next}.0.m4s\"")), "{held}");
+    assert!(
+        has_part(&held, ahead),
+        "the blocking reload for {ahead}.0 answered without it:\n{held}"
+    );
     let (status, _) = get_text(&format!("{ll_url}?_HLS_msn={}&_HLS_part=0", next + 10));
     assert_eq!(status, 400);
     // The orchestrator that transcoded it dies.

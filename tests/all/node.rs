@@ -254,29 +254,34 @@ fn a_pricing_swap_dropped_into_the_directory_is_served_while_calls_run() {
     let next = base.replace(line, "\"price.text-to-image\" = \"777/1000000\"");
     let tmp = dir.join(".swap");
     std::fs::write(&tmp, next).expect("write");
-    let (mut before, mut after) = (0, 0);
-    let mut swapped = false;
-    for i in 0..400 {
-        if i == 20 {
-            std::fs::rename(&tmp, dir.join("default-pricing.toml")).expect("rename");
-            swapped = true;
-        }
+    let price = |i: usize| {
         let (status, body) = node.call("default-pricing", &quote_body());
         assert_eq!(status, 200, "call {i} failed during the swap: {body}");
-        match body["price"]["price_per_unit"].as_u64() {
-            Some(4768371) => before += 1,
+        body["price"]["price_per_unit"].as_u64()
+    };
+    for i in 0..20 {
+        assert_eq!(price(i), Some(4768371), "call {i} before the swap");
+    }
+    // Calls keep running while the new version loads; each is served by the old version or
+    // the new one, and once the new one answers, the old one never does again. The test
+    // waits for the new price (the reload is the event), not for a fixed time.
+    std::fs::rename(&tmp, dir.join("default-pricing.toml")).expect("rename");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (mut before, mut after) = (0, 0);
+    let mut i = 20;
+    while after < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new version never answered ({before} calls on the old one after the swap)"
+        );
+        match price(i) {
+            Some(4768371) if after == 0 => before += 1,
             Some(777) => after += 1,
-            other => panic!("unexpected price {other:?}"),
+            other => panic!("call {i}: unexpected price {other:?} after {after} new answers"),
         }
-        if swapped && after >= 20 {
-            break;
-        }
+        i += 1;
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(
-        before >= 20 && after >= 20,
-        "before {before}, after {after}"
-    );
     let metrics = node.metrics();
     assert_eq!(
         metric(

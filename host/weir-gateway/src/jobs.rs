@@ -331,6 +331,11 @@ fn invalid(errors: Vec<FieldError>) -> Response {
         .into_response()
 }
 
+/// The jobs API's 401 (`{"error", "code": "unauthorized"}`), answered before any route.
+pub(crate) fn unauthorized(msg: &str) -> Response {
+    problem(401, "unauthorized", msg)
+}
+
 fn problem(status: u16, code: &str, msg: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(json!({"error": msg.into(), "code": code}))).into_response()
@@ -1695,8 +1700,7 @@ fn job_schemas() -> (Value, Value, Value, Value) {
     let event = json!({"type": "object", "required": ["data"], "properties": {
         "event": {"const": "status"},
         "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": status}}});
-    let error = json!({"type": "object", "required": ["error", "code"], "properties": {
-        "error": {"type": "string"}, "code": {"type": "string"}, "details": {"type": "array"}}});
+    let error = json!({"$ref": "#/components/schemas/JobError"});
     (status, list, event, error)
 }
 
@@ -1708,9 +1712,7 @@ pub(crate) fn openapi_paths(catalog: &Catalog) -> Map<String, Value> {
         |d: &str| json!({"description": d, "content": {"application/json": {"schema": error}}});
     let ok =
         |d: &str| json!({"description": d, "content": {"application/json": {"schema": status}}});
-    // The gateway checks tokens before any route: its 401 is the AI API's `{"detail":{"msg"}}`.
-    let unauthorized = json!({"description": "Missing or unknown bearer token", "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}});
+    let unauthorized = err_response("Missing or unknown bearer token");
     let unavailable = err_response("The job store or the result storage is unavailable");
     let mut paths = Map::new();
     paths.insert("/api/v1/generate".to_owned(), json!({

@@ -956,6 +956,16 @@ async fn push_segment(
         .await
         .map_err(|e| err(500, format!("probe crashed: {e}")))?
         .map_err(|e| err(422, format!("unreadable segment: {e}")))?;
+    // FFmpeg reads many things (a PNG is a one-frame video): only segments are taken.
+    if !matches!(info.format.as_str(), "mpegts" | "mov,mp4,m4a,3gp,3g2,mj2") {
+        return Err(err(
+            415,
+            format!(
+                "a segment must be MPEG-TS or MP4 (this is `{}`)",
+                info.format
+            ),
+        ));
+    }
     let duration_ms = declared_ms.unwrap_or(info.duration_ms).max(1);
     // A pushed stream is authorized once, when its first segment arrives.
     let live = g

@@ -7,6 +7,8 @@
 //! a charge above the agreed cost is never accepted, and a balance that disagrees is logged
 //! and counted, never copied.
 
+use std::sync::Arc;
+
 use weir_payments::credit::{account, Wallet};
 use weir_payments::{cost, Ledger, LedgerError, UnitPrice};
 
@@ -46,14 +48,18 @@ pub struct Settled {
 
 /// The gateway ledger plus the signing wallet.
 pub struct GatewayPayments {
-    ledger: Ledger,
+    ledger: Arc<dyn Ledger>,
     wallet: Wallet,
     mismatches: prometheus::IntCounterVec,
 }
 
 impl GatewayPayments {
     /// Payments with `ledger`, signed by `wallet`; `mismatches` counts disputes.
-    pub fn new(ledger: Ledger, wallet: Wallet, mismatches: prometheus::IntCounterVec) -> Self {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        wallet: Wallet,
+        mismatches: prometheus::IntCounterVec,
+    ) -> Self {
         GatewayPayments {
             ledger,
             wallet,
@@ -62,7 +68,7 @@ impl GatewayPayments {
     }
 
     /// The ledger.
-    pub fn ledger(&self) -> &Ledger {
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
         &self.ledger
     }
 

@@ -108,11 +108,6 @@ pub(crate) fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
     AiHttpError::new(status, msg)
 }
 
-fn cmp_price(a: UnitPrice, b: UnitPrice) -> std::cmp::Ordering {
-    (u128::from(a.price_per_unit) * u128::from(b.pixels_per_unit))
-        .cmp(&(u128::from(b.price_per_unit) * u128::from(a.pixels_per_unit)))
-}
-
 pub(crate) enum Attempt<T = serde_json::Value> {
     Done {
         body: T,
@@ -134,7 +129,7 @@ impl Gateway {
     pub async fn new(
         config: GatewayConfig,
         registry: Arc<Registry>,
-        ledger: Ledger,
+        ledger: Arc<dyn Ledger>,
         wallet_path: &Path,
         metrics: &prometheus::Registry,
     ) -> Result<Gateway, GatewayError> {
@@ -225,7 +220,7 @@ impl Gateway {
     }
 
     /// The gateway ledger.
-    pub fn ledger(&self) -> &Ledger {
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
         self.inner.payments.ledger()
     }
 
@@ -338,7 +333,7 @@ impl Gateway {
         job.model = model.clone();
         let mut ordered = self.rank(&job, fresh).await?;
         // Suspended orchestrators are a last resort, cheapest first.
-        suspended.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
+        suspended.sort_by(|a, b| unit(&a.price).cmp_rate(&unit(&b.price)).then(a.url.cmp(&b.url)));
         ordered.extend(suspended);
         Ok(ordered
             .into_iter()
@@ -423,10 +418,10 @@ impl Gateway {
                 price_per_unit: m.price.price_per_unit,
                 pixels_per_unit: m.price.pixels_per_unit.max(1),
             };
-            if cheapest.is_none_or(|c| cmp_price(price, c).is_lt()) {
+            if cheapest.is_none_or(|c| price.cmp_rate(&c).is_lt()) {
                 cheapest = Some(price);
             }
-            if max.is_some_and(|max| cmp_price(price, max).is_gt()) {
+            if max.is_some_and(|max| price.exceeds(&max)) {
                 continue;
             }
             let stats = k
@@ -535,7 +530,7 @@ impl Gateway {
                     .with_label_values(&[router.as_str()])
                     .inc();
                 let mut c = candidates;
-                c.sort_by(|a, b| cmp_price(unit(&a.price), unit(&b.price)).then(a.url.cmp(&b.url)));
+                c.sort_by(|a, b| unit(&a.price).cmp_rate(&unit(&b.price)).then(a.url.cmp(&b.url)));
                 c
             }
         };
@@ -818,7 +813,7 @@ impl Gateway {
                 match now_offered {
                     Some(p) if p != choice.price => {
                         let max = inner.config.max_price(cap, &choice.model);
-                        if max.is_some_and(|max| cmp_price(p, max).is_gt()) {
+                        if max.is_some_and(|max| p.exceeds(&max)) {
                             Attempt::Next(format!(
                                 "{why} (its new price {}/{} is above the max price)",
                                 p.price_per_unit, p.pixels_per_unit
@@ -1261,6 +1256,7 @@ async fn require_client(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let jobs_api = req.uri().path().starts_with("/api/v1/");
     match token {
         Some(t)
             if config
@@ -1270,14 +1266,16 @@ async fn require_client(
         {
             next.run(req).await
         }
+        // Each API refuses in its own error shape: the jobs API's `{"error", "code"}`, the
+        // others' Livepeer `{"detail": {"msg"}}`.
+        Some(_) if jobs_api => crate::jobs::unauthorized("invalid bearer token"),
         Some(_) => err(401, "invalid bearer token").into_response(),
-        None => err(
-            401,
-            "missing bearer token: send Authorization: Bearer <token>",
-        )
-        .into_response(),
+        None if jobs_api => crate::jobs::unauthorized(MISSING_TOKEN),
+        None => err(401, MISSING_TOKEN).into_response(),
     }
 }
+
+const MISSING_TOKEN: &str = "missing bearer token: send Authorization: Bearer <token>";
 
 async fn ai(
     State(g): State<Gateway>,
@@ -1322,8 +1320,11 @@ async fn orchestrators(State(g): State<Gateway>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "orchestrators": g.inner.discovery.views() }))
 }
 
+/// `GET /openapi.json`: the gateway's APIs (AI, jobs, live, results, BYOC, AI streams) and the
+/// node's health and admin routes it is served beside; an open gateway documents no client
+/// token.
 async fn openapi(State(g): State<Gateway>) -> Response {
-    let mut doc = crate::openapi::document();
+    let mut doc = weir_protocol::openapi::gateway_document();
     if let (Some(jobs), Some(paths)) = (g.inner.jobs.as_ref(), doc["paths"].as_object_mut()) {
         paths.extend(crate::jobs::openapi_paths(jobs.catalog()));
     }

@@ -837,22 +837,80 @@ mod tests {
 
     #[tokio::test]
     async fn private_endpoints_are_refused_by_default() {
-        let s = WebhookSender::new(EgressClient::new(EgressPolicy::webhooks()).unwrap());
+        // A real receiver on loopback that would answer 204 to anyone who reached it.
+        let seen = Seen::default();
+        let s2 = seen.clone();
+        let app = Router::new().route(
+            "/hook",
+            post(move |h: AxHeaders, body: Bytes| {
+                let s = s2.clone();
+                async move {
+                    s.requests.lock().unwrap().push((h, body));
+                    StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let addr = serve(app).await;
+        let port = addr.port();
         let secret = WebhookSecret::generate();
-        for url in [
-            "http://127.0.0.1:9/",
-            "http://169.254.169.254/",
-            "http://localhost:9/",
-            "file:///etc/passwd",
+        // It does answer when private addresses are allowed: the refusals below are egress's.
+        let open = sender(Duration::from_secs(5))
+            .send(&format!("http://{addr}/hook"), &secret, "msg_0", b"{}")
+            .await;
+        assert_eq!(open, Outcome::Delivered { status: 204 });
+        assert_eq!(seen.requests.lock().unwrap().len(), 1);
+
+        let s = WebhookSender::new(EgressClient::new(EgressPolicy::webhooks()).unwrap());
+        for (url, why) in [
+            (
+                format!("http://127.0.0.1:{port}/hook"),
+                "`127.0.0.1` resolves to 127.0.0.1, which is not a public address",
+            ),
+            (
+                format!("http://localhost:{port}/hook"),
+                "which is not a public address",
+            ),
+            (
+                "http://169.254.169.254/".to_owned(),
+                "`169.254.169.254` resolves to 169.254.169.254, which is not a public address",
+            ),
+            (
+                "file:///etc/passwd".to_owned(),
+                "unsupported URL scheme `file`",
+            ),
         ] {
-            match s.send(url, &secret, "msg_1", b"{}").await {
-                Outcome::Failed { status: None, .. } => {}
+            match s.send(&url, &secret, "msg_1", b"{}").await {
+                Outcome::Failed {
+                    status: None,
+                    error,
+                    retry_after: None,
+                } => assert!(error.contains(why), "{url}: {error}"),
                 other => panic!("{url}: {other:?}"),
             }
         }
         let out = s
-            .send("http://127.0.0.1:9/", &secret, "bad\nid", b"{}")
+            .send(
+                &format!("http://127.0.0.1:{port}/hook"),
+                &secret,
+                "bad\nid",
+                b"{}",
+            )
             .await;
-        assert!(matches!(out, Outcome::Failed { status: None, .. }));
+        match out {
+            Outcome::Failed {
+                status: None,
+                error,
+                ..
+            } => assert!(
+                error.contains("webhook id is not a valid header value"),
+                "{error}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            seen.requests.lock().unwrap().len(),
+            1,
+            "a refused delivery reached the receiver"
+        );
     }
 }

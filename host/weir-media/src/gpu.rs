@@ -54,13 +54,61 @@ fn probe() -> GpuStatus {
 mod tests {
     use super::*;
 
+    /// NVIDIA device nodes (`/dev/nvidia0`, `/dev/nvidia1`, …) this machine has: what the
+    /// kernel driver exposes, found without CUDA.
+    fn device_nodes() -> usize {
+        std::fs::read_dir("/dev")
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        name.strip_prefix("nvidia")
+                            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     #[test]
     fn probe_is_stable_and_consistent() {
-        let a = gpu_status().clone();
-        assert_eq!(&a, gpu_status());
-        assert_eq!(gpu_available(), matches!(a, GpuStatus::Available { .. }));
-        if let GpuStatus::Available { devices } = a {
-            assert!(devices > 0);
+        // Two real probes (not the cached value) agree with each other and with the cache.
+        let first = probe();
+        let second = probe();
+        assert_eq!(first, second, "two probes disagree");
+        assert_eq!(&first, gpu_status());
+        assert_eq!(
+            gpu_available(),
+            matches!(first, GpuStatus::Available { .. })
+        );
+        // And with the machine: devices only where the driver exposes device nodes, and a
+        // machine without any says so, with a reason.
+        let nodes = device_nodes();
+        match &first {
+            GpuStatus::Available { devices } => {
+                assert!(*devices > 0, "available with no device");
+                assert!(
+                    nodes > 0,
+                    "the probe found {devices} CUDA device(s) but /dev has no nvidiaN node"
+                );
+            }
+            GpuStatus::Unavailable(reason) => {
+                assert!(!reason.is_empty(), "unavailable without a reason");
+                assert!(
+                    reason.contains("not installed")
+                        || reason.contains("no devices")
+                        || reason.contains("failed"),
+                    "unexpected reason: {reason}"
+                );
+            }
+        }
+        if nodes == 0 {
+            assert!(
+                matches!(first, GpuStatus::Unavailable(_)),
+                "no NVIDIA device node, yet the probe says {first:?}"
+            );
         }
     }
 }

@@ -152,6 +152,7 @@ async fn upscale_sends_the_file_and_fields_as_multipart() {
             },
         )]
         .into(),
+        repeated: Default::default(),
     };
     let input = RunnerInput {
         request: AiRequest::from_form(Capability::Upscale, &form).expect("valid"),

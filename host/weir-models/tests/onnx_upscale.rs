@@ -80,6 +80,7 @@ fn upscale_request(seed: Option<&str>) -> AiRequest {
             },
         )]
         .into(),
+        repeated: Default::default(),
     };
     AiRequest::from_form(Capability::Upscale, &form).expect("valid request")
 }

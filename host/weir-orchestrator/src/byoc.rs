@@ -420,7 +420,15 @@ pub(crate) fn spawn_health_checks(o: Orchestrator) -> tokio::task::JoinHandle<()
     })
 }
 
+/// No credentials is a 401 whether or not registration is on; a secret when registration is
+/// off is a 403; a wrong one a 401.
 fn check_secret(o: &Orchestrator, headers: &HeaderMap) -> Result<(), AiHttpError> {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(err(
+            401,
+            "missing the orchestrator secret: send Authorization: <secret>",
+        ));
+    }
     let Some(secret) = o.byoc().config().secret.as_deref() else {
         return Err(err(
             403,

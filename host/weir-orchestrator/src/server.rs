@@ -69,7 +69,7 @@ struct Inner {
     /// Whose credits are accepted.
     senders: SenderTrust,
     registry: Arc<Registry>,
-    ledger: Ledger,
+    ledger: Arc<dyn Ledger>,
     models: Vec<ModelSlot>,
     transcode: Option<TranscodeSlot>,
     metrics: Metrics,
@@ -88,7 +88,7 @@ pub struct Orchestrator {
 
 /// A reservation that is released unless settled, even when the request is dropped midway.
 pub(crate) struct Held {
-    ledger: Ledger,
+    ledger: Arc<dyn Ledger>,
     id: String,
     /// The payment applied with this job, taken back with it.
     credit: Option<String>,
@@ -132,11 +132,6 @@ pub(crate) fn err(status: u16, msg: impl Into<String>) -> AiHttpError {
     AiHttpError::new(status, msg)
 }
 
-fn price_above(a: UnitPrice, b: UnitPrice) -> bool {
-    u128::from(a.price_per_unit) * u128::from(b.pixels_per_unit)
-        > u128::from(b.price_per_unit) * u128::from(a.pixels_per_unit)
-}
-
 /// The cost of `units` at the current `price`, refused (402) when the price is above the one
 /// `payment` agreed to.
 pub(crate) fn agreed_charge(
@@ -149,7 +144,7 @@ pub(crate) fn agreed_charge(
         price_per_unit: price.price_per_unit,
         pixels_per_unit: price.pixels_per_unit,
     };
-    if price_above(current, payment.price()) {
+    if current.exceeds(&payment.price()) {
         return Err(err(
             402,
             format!(
@@ -175,7 +170,7 @@ impl Orchestrator {
     pub async fn new(
         config: OrchestratorConfig,
         registry: Arc<Registry>,
-        ledger: Ledger,
+        ledger: Arc<dyn Ledger>,
         metrics: &prometheus::Registry,
     ) -> Result<Orchestrator, OrchestratorError> {
         let mut models = Vec::new();
@@ -261,7 +256,7 @@ impl Orchestrator {
     }
 
     /// The ledger of sender balances.
-    pub fn ledger(&self) -> &Ledger {
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
         &self.inner.ledger
     }
 

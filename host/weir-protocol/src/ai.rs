@@ -4,7 +4,7 @@
 //! names and defaults; every invalid field is reported at once (FastAPI style), unknown fields
 //! are ignored as Livepeer's runner does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,6 +37,9 @@ pub struct FormInput {
     pub fields: BTreeMap<String, String>,
     /// Files by field name.
     pub files: BTreeMap<String, FilePart>,
+    /// The names of parts sent more than once. A field the capability reads that is among them
+    /// is refused (422 naming it); repeated unknown parts are ignored, as unknown parts are.
+    pub repeated: BTreeSet<String>,
 }
 
 enum Source<'a> {
@@ -112,7 +115,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A field the capability reads that came more than once in a form is refused.
+    fn check_repeated(&mut self, name: &str) {
+        if let Source::Form(form) = self.source {
+            if form.repeated.contains(name) {
+                self.errors.push(
+                    name,
+                    "duplicate",
+                    "sent more than once: send each field once",
+                );
+            }
+        }
+    }
+
     fn record(&mut self, spec: FieldSpec) {
+        self.check_repeated(&spec.name);
         if matches!(self.source, Source::Schema) && !self.schema.iter().any(|f| f.name == spec.name)
         {
             self.schema.push(spec);
@@ -303,6 +320,7 @@ impl<'a> Reader<'a> {
             );
             return None;
         };
+        self.check_repeated(name);
         let Some(part) = form.files.get(name) else {
             self.errors.push(name, "missing", "file required");
             return None;
@@ -345,8 +363,14 @@ impl<'a> Reader<'a> {
     }
 
     fn model(&mut self, capability: Capability) -> String {
-        let model = self.text("model_id", false, "");
-        if let Some(spec) = self.schema.iter_mut().find(|f| f.name == "model_id") {
+        self.model_field("model_id", capability)
+    }
+
+    /// The model named in field `name`, else (and documented as the default) the
+    /// capability's default model.
+    fn model_field(&mut self, name: &str, capability: Capability) -> String {
+        let model = self.text(name, false, "");
+        if let Some(spec) = self.schema.iter_mut().find(|f| f.name == name) {
             spec.default = Some(Value::String(capability.default_model().to_owned()));
         }
         if model.is_empty() {
@@ -647,6 +671,10 @@ fn read(capability: Capability, r: &mut Reader<'_>) -> AiRequest {
             r.file("image", IMAGE_TYPES);
             let mut json_field = |name: &str| {
                 let raw = r.text(name, false, "");
+                // Absent is no value, not an empty text.
+                if let Some(spec) = r.schema.iter_mut().find(|f| f.name == name) {
+                    spec.default = None;
+                }
                 if raw.is_empty() {
                     return None;
                 }
@@ -679,9 +707,9 @@ fn read(capability: Capability, r: &mut Reader<'_>) -> AiRequest {
         }
         Capability::Llm => {
             let messages = read_messages(r);
-            let model = r.text("model", false, "");
+            let model = r.model_field("model", capability);
             AiRequest::Llm(Llm {
-                model: if model.is_empty() { capability.default_model().to_owned() } else { model },
+                model,
                 messages,
                 max_tokens: r.uint("max_tokens", 256, 1, 32_768),
                 temperature: r.number("temperature", 0.7, 0.0, 2.0),
@@ -1052,6 +1080,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            repeated: Default::default(),
         }
     }
 

@@ -207,6 +207,7 @@ async fn read_form(
     let mut fields = BTreeMap::new();
     let mut parts = BTreeMap::new();
     let mut files = Vec::new();
+    let mut repeated = std::collections::BTreeSet::new();
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
@@ -214,6 +215,9 @@ async fn read_form(
             Err(e) => return Err(form_error(e, max_file_bytes)),
         };
         let name = field.name().unwrap_or("").to_owned();
+        if fields.contains_key(&name) || parts.contains_key(&name) {
+            repeated.insert(name.clone());
+        }
         let filename = field.file_name().map(str::to_owned);
         let content_type = field.content_type().map(|m| m.essence_str().to_owned());
         let data = field
@@ -255,6 +259,7 @@ async fn read_form(
         FormInput {
             fields,
             files: parts,
+            repeated,
         },
         files,
     ))
@@ -413,6 +418,47 @@ mod tests {
         assert_eq!(parsed.facts.image, Some((64, 48)));
         assert_eq!(parsed.files.len(), 1);
         assert_eq!(parsed.request.units(parsed.facts), Ok(64 * 48));
+    }
+
+    /// A declared field sent twice is refused naming it (Livepeer's 422); an unknown part
+    /// sent twice is ignored, as unknown parts are.
+    #[tokio::test]
+    async fn a_repeated_declared_field_is_refused_and_a_repeated_unknown_one_ignored() {
+        let img = png(64, 48);
+        let (ct, body) = multipart(&[
+            ("prompt", None, b"one"),
+            ("extra", None, b"a"),
+            ("extra", None, b"b"),
+            ("image", Some(("x.png", "image/png")), &img),
+        ]);
+        let parsed = parse_request(Capability::Upscale, Some(&ct), body, 1 << 20).await;
+        assert!(parsed.is_ok(), "{:?}", parsed.err());
+
+        for (twice, file) in [("prompt", false), ("image", true)] {
+            let mut parts: Vec<Part<'_>> = vec![
+                ("prompt", None, b"one"),
+                ("image", Some(("x.png", "image/png")), &img),
+            ];
+            parts.push(if file {
+                ("image", Some(("y.png", "image/png")), &img)
+            } else {
+                ("prompt", None, b"two")
+            });
+            let (ct, body) = multipart(&parts);
+            let e = parse_request(Capability::Upscale, Some(&ct), body, 1 << 20)
+                .await
+                .expect_err("a repeated field");
+            assert_eq!(e.status(), 422, "{e}");
+            let BodyError::Invalid(errors) = e else {
+                panic!("a field error, got {e}");
+            };
+            let named: Vec<(&str, &str)> = errors
+                .detail
+                .iter()
+                .map(|f| (f.loc[1].as_str(), f.kind.as_str()))
+                .collect();
+            assert_eq!(named, [(twice, "duplicate")]);
+        }
     }
 
     #[tokio::test]

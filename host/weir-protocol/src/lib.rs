@@ -8,7 +8,8 @@
 //! - [`auth`]: comparing presented secrets in constant time.
 //! - [`body`]: reading JSON and multipart request bodies with limits, into validated requests
 //!   and the media facts billing needs.
-//! - [`openapi`]: the OpenAPI 3.1 document of the AI API, built from the validation code.
+//! - [`openapi`]: the OpenAPI 3.1 documents of every public HTTP API, one module per API; the
+//!   AI API's built from the validation code.
 //! - [`info`]: what an orchestrator advertises, and the job headers.
 //! - [`error`]: error bodies in the shapes Livepeer clients parse (`{"detail":{"msg"}}` and
 //!   `{"detail":[{loc,msg,type}]}`), with the real cause in the message.

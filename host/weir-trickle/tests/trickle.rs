@@ -191,7 +191,19 @@ async fn segments_out_of_the_ring_get_470_with_the_latest() {
             .await
             .expect("write");
     }
-    // The publisher pre-connected seq 6, which took a place in the ring: 4, 5, 6 remain.
+    // The publisher pre-connects seq 6, which takes a place in the ring: once its POST has
+    // arrived (3 is evicted then), 4, 5 and 6 remain.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while s.get(format!("{subscribe}/3")).await.status().as_u16() != 470 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pre-connected seq 6 never took a place in the ring"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let oldest_kept = s.get(format!("{subscribe}/4")).await;
+    assert_eq!(oldest_kept.status(), StatusCode::OK);
+    assert_eq!(&oldest_kept.bytes().await.expect("body")[..], b"x");
     let old = s.get(format!("{subscribe}/0")).await;
     assert_eq!(old.status().as_u16(), 470);
     assert_eq!(header(&old, LATEST_HEADER).as_deref(), Some("6"));
@@ -214,8 +226,12 @@ async fn segments_out_of_the_ring_get_470_with_the_latest() {
     // Whenever the subscriber reaches the edge (6, or later on a slow machine), the next
     // segment written there is the one it gets.
     let mut written = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let (seq, body) = loop {
-        assert!(written.len() < 100, "the subscriber never got a segment");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscriber never got a segment: {written:?}"
+        );
         let seq = publisher
             .write(Bytes::from_static(b"edge"))
             .await
@@ -497,15 +513,15 @@ async fn a_publisher_gone_mid_segment_aborts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_channels_are_swept() {
-    // The busy channel is written every 20 ms, far inside the 1 s idle timeout even on a
-    // loaded machine; the test waits for the idle one to be swept, however long that takes.
+    // Sweeps run when this test says, each right after the busy channel was written, so
+    // only the channel nobody writes can be idle at a sweep, however slow the machine.
     let s = start(TrickleConfig {
-        idle_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_millis(300),
+        // Used by the background sweeper, started only for the second half.
         sweep_interval: Duration::from_millis(50),
         ..TrickleConfig::default()
     })
     .await;
-    let sweeper = s.server.spawn_sweeper();
     let (_, publish, subscribe) = s.channel("idle");
     let (_, busy, _) = s.channel("busy");
     let waiting = tokio::spawn({
@@ -513,15 +529,19 @@ async fn idle_channels_are_swept() {
         async move { http.get(format!("{subscribe}/-1")).send().await }
     });
     let mut publisher = Publisher::new(s.http.clone(), busy);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !waiting.is_finished() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let swept = loop {
         assert!(tokio::time::Instant::now() < deadline, "never swept");
         publisher
             .write(Bytes::from_static(b"tick"))
             .await
-            .expect("write");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .expect("the busy channel is never swept");
+        match s.server.sweep() {
+            0 => tokio::time::sleep(Duration::from_millis(20)).await,
+            n => break n,
+        }
+    };
+    assert_eq!(swept, 1, "only the idle channel is swept");
     let r = soon(waiting).await.expect("task").expect("GET");
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(header(&r, CLOSED_HEADER).as_deref(), Some("terminated"));
@@ -530,7 +550,20 @@ async fn idle_channels_are_swept() {
         s.post(format!("{publish}/0"), b"x").await.status(),
         StatusCode::NOT_FOUND
     );
+
+    // The background sweeper does the same on its own once the busy channel goes quiet (its
+    // publisher is still there, with its next POST open).
+    let sweeper = s.server.spawn_sweeper();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while s.server.channels() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper never closed the quiet channel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sweeper.abort();
+    drop(publisher);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

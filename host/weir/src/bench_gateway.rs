@@ -249,8 +249,13 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     let orchestrator = weir_orchestrator::Orchestrator::new(
         orch_config,
         registry.clone(),
-        weir_payments::Ledger::open_with(&data.path().join("orchestrator.db"), args.durability)
+        std::sync::Arc::new(
+            weir_payments::SqliteLedger::open_with(
+                &data.path().join("orchestrator.db"),
+                args.durability,
+            )
             .await?,
+        ),
         &metrics,
     )
     .await?;
@@ -285,7 +290,13 @@ async fn hop(args: &GatewayBench) -> anyhow::Result<()> {
     let gateway = weir_gateway::Gateway::new(
         gw_config,
         registry.clone(),
-        weir_payments::Ledger::open_with(&data.path().join("gateway.db"), args.durability).await?,
+        std::sync::Arc::new(
+            weir_payments::SqliteLedger::open_with(
+                &data.path().join("gateway.db"),
+                args.durability,
+            )
+            .await?,
+        ),
         &data.path().join("wallet.key"),
         &metrics,
     )

@@ -76,6 +76,10 @@ pub struct GatewaySection {
     pub record: Option<bool>,
     /// Async generation jobs (`[gateway.jobs]`): database, storage, models, limits.
     pub jobs: weir_gateway::JobsConfig,
+    /// The gateway's ledger (what it holds with and spent at each orchestrator):
+    /// `sqlite://PATH` (default `<data_dir>/gateway-ledger.db`) or `postgres://…`, shared by
+    /// every gateway pointed at it (tables in schema `weir_ledger_gateway`).
+    pub ledger_url: Option<String>,
     /// Seconds an RTMP client has to complete its handshake (default 10).
     pub rtmp_handshake_timeout_secs: Option<u64>,
     /// Seconds an RTMP connection may send nothing (default 30).
@@ -96,6 +100,10 @@ pub struct OrchestratorSection {
     /// Listen address of the orchestrator API in a combined node (default `127.0.0.1:0`);
     /// `weir orchestrator` serves it on `http_addr`.
     pub service_addr: Option<SocketAddr>,
+    /// The orchestrator's ledger (what each sender holds here): `sqlite://PATH` (default
+    /// `<data_dir>/orchestrator-ledger.db`) or `postgres://…`, shared by every orchestrator
+    /// pointed at it (tables in schema `weir_ledger_orchestrator`).
+    pub ledger_url: Option<String>,
     /// URL gateways use (default: `http://` + the listen address).
     pub service_url: Option<String>,
     /// Region label advertised.
@@ -334,7 +342,14 @@ impl FileConfig {
         if let Some(weir_storage::StorageConfig::Local { dir }) = &mut self.gateway.jobs.storage {
             join(dir);
         }
-        if let Some(db) = &mut self.gateway.jobs.database {
+        for db in [
+            &mut self.gateway.jobs.database,
+            &mut self.gateway.ledger_url,
+            &mut self.orchestrator.ledger_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if let Some(file) = db.strip_prefix("sqlite://") {
                 let path = Path::new(file);
                 if path.is_relative() && !file.starts_with(':') && !file.is_empty() {
@@ -567,7 +582,9 @@ mod tests {
         std::fs::write(
             &path,
             "[node]\ndata_dir = \"state\"\ncomponents_dir = \"/abs/comps\"\nheader_read_timeout_secs = 3\n\
-             [gateway.jobs]\ndatabase = \"sqlite://jobs.db\"\n",
+             [gateway]\nledger_url = \"sqlite://gw.db\"\n\
+             [gateway.jobs]\ndatabase = \"sqlite://jobs.db\"\n\
+             [orchestrator]\nledger_url = \"postgres://db.example/weir\"\n",
         )
         .expect("write");
         let c = NodeConfig::merge(
@@ -579,6 +596,12 @@ mod tests {
         assert_eq!(c.components_dir, PathBuf::from("/abs/comps"));
         let db = format!("sqlite://{}", dir.path().join("jobs.db").display());
         assert_eq!(c.gateway.jobs.database.as_deref(), Some(db.as_str()));
+        let gw = format!("sqlite://{}", dir.path().join("gw.db").display());
+        assert_eq!(c.gateway.ledger_url.as_deref(), Some(gw.as_str()));
+        assert_eq!(
+            c.orchestrator.ledger_url.as_deref(),
+            Some("postgres://db.example/weir")
+        );
         assert_eq!(c.listeners.header_read_timeout.as_secs(), 3);
         // Flags stay relative to the working directory.
         let o = Overrides {

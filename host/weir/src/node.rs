@@ -194,11 +194,51 @@ pub fn orchestrator_config(
     }
 }
 
-async fn open_ledger(config: &NodeConfig, file: &str) -> anyhow::Result<weir_payments::Ledger> {
-    let path = config.data_dir.join(file);
-    weir_payments::Ledger::open_with(&path, config.ledger_durability)
+/// This node's name on shared ledgers, kept in `<data_dir>/ledger-owner` (made on first start):
+/// a restart releases the reservations it left open, never those of the other nodes.
+fn ledger_owner(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("ledger-owner");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("node-{:032x}", rand::random::<u128>());
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Open `role`'s ledger at `url`, by default the SQLite file `<data_dir>/{role}-ledger.db`; on
+/// PostgreSQL its tables live in schema `weir_ledger_{role}`.
+async fn open_ledger(
+    config: &NodeConfig,
+    url: Option<&str>,
+    role: &str,
+) -> anyhow::Result<Arc<dyn weir_payments::Ledger>> {
+    let url = url.map_or_else(
+        || {
+            let path = config.data_dir.join(format!("{role}-ledger.db"));
+            format!("sqlite://{}", path.display())
+        },
+        str::to_owned,
+    );
+    let options = weir_payments::LedgerOptions {
+        durability: config.ledger_durability,
+        schema: format!("weir_ledger_{role}"),
+        owner: ledger_owner(&config.data_dir)?,
+        ..weir_payments::LedgerOptions::default()
+    };
+    let ledger = weir_payments::open_ledger(&url, &options)
         .await
-        .with_context(|| format!("opening the ledger {}", path.display()))
+        .with_context(|| {
+            format!(
+                "opening the {role} ledger {}",
+                weir_payments::redact_url(&url)
+            )
+        })?;
+    tracing::info!(role, backend = ledger.backend(), "ledger open");
+    Ok(ledger)
 }
 
 /// Run a node (or one role) until SIGINT/SIGTERM.
@@ -261,7 +301,12 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         let orchestrator = weir_orchestrator::Orchestrator::new(
             orch_config,
             registry.clone(),
-            open_ledger(&config, "orchestrator-ledger.db").await?,
+            open_ledger(
+                &config,
+                config.orchestrator.ledger_url.as_deref(),
+                "orchestrator",
+            )
+            .await?,
             &metrics,
         )
         .await
@@ -278,13 +323,18 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
                 local_orchestrator = Some(service_url);
                 let router = orchestrator
                     .router()
-                    .route("/healthz", axum::routing::get(|| async { "ok" }));
+                    .route("/healthz", axum::routing::get(|| async { "ok" }))
+                    .route("/openapi.json", orchestrator_openapi(false));
                 let limits = config.listeners;
                 orchestrator_server = Some(tokio::spawn(async move {
                     crate::listen::serve(l, router, limits, shutdown_signal()).await
                 }));
             }
-            None => extra = extra.merge(orchestrator.router()),
+            None => {
+                extra = extra
+                    .merge(orchestrator.router())
+                    .route("/openapi.json", orchestrator_openapi(true))
+            }
         }
     }
     if role.gateway() {
@@ -303,7 +353,7 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         let gateway = weir_gateway::Gateway::new(
             gw_config,
             registry.clone(),
-            open_ledger(&config, "gateway-ledger.db").await?,
+            open_ledger(&config, config.gateway.ledger_url.as_deref(), "gateway").await?,
             &config.data_dir.join("wallet.key"),
             &metrics,
         )
@@ -466,3 +516,11 @@ fn raise_open_file_limit() {
 
 #[cfg(not(unix))]
 fn raise_open_file_limit() {}
+
+/// `GET /openapi.json` on an orchestrator's listener: its routes, and the node's admin routes
+/// where they share the listener (`admin`).
+fn orchestrator_openapi(admin: bool) -> axum::routing::MethodRouter {
+    axum::routing::get(move || async move {
+        axum::Json(weir_protocol::openapi::orchestrator_document(admin))
+    })
+}

@@ -29,7 +29,7 @@ pub struct AppState {
     /// Pricing component the node uses.
     pub pricing: Arc<str>,
     /// The ledgers of the roles this process plays, by role name.
-    pub ledgers: Arc<[(&'static str, weir_payments::Ledger)]>,
+    pub ledgers: Arc<[(&'static str, Arc<dyn weir_payments::Ledger>)]>,
 }
 
 /// An error answer: `{"error": {"code", "message"}}` with an HTTP status.
