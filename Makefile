@@ -28,6 +28,8 @@ GUESTS        := default-router default-pricing live-scale
 TEST_PROGRAMS := misbehaving-router misbehaving-pricing greedy-router echo-pipeline ladder-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
+# The policy logic the default router and pricing guests compile in (a host crate, no deps).
+POLICY_RUST   := $(wildcard host/weir-policy/src/*.rs) host/weir-policy/Cargo.toml
 
 .PHONY: help run test test-interop fuzz test-db test-unit lint fmt tools guests examples test-programs models artifacts bench clean
 
@@ -112,7 +114,7 @@ $(BUILD)/models/upscale-2x.onnx: $(TOOLS)/.py-onnx $(UPSCALE_MODEL_DIR)/models/m
 ## First-party components: build/components/NAME.{wasm,toml}
 guests: $(foreach g,$(GUESTS),$(BUILD)/components/$(g).wasm $(BUILD)/components/$(g).toml)
 
-$(BUILD)/components/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildcard guests/*/src/*.rs guests/*/Cargo.toml) guests/Cargo.toml
+$(BUILD)/components/%.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(POLICY_RUST) $(wildcard guests/*/src/*.rs guests/*/Cargo.toml) guests/Cargo.toml
 	cargo build --quiet --release --target $(WASM_TARGET) --manifest-path guests/Cargo.toml
 	@mkdir -p $(@D)
 	cp guests/target/$(WASM_TARGET)/release/$(subst -,_,$*).wasm $@
@@ -161,13 +163,14 @@ fmt:
 	cargo fmt --manifest-path tests/programs/Cargo.toml --all
 	cargo fmt --manifest-path sdk/rust/Cargo.toml
 
-## Tests: unit tests of the shared policy logic, then the host workspace (unit + integration).
+## Tests: unit tests of the guests, then the host workspace (unit + integration; the shared
+## policy logic, host/weir-policy, is a member).
 # The PostgreSQL server the job tests use (each test creates and drops its own database inside).
 PG_ADMIN     ?= postgres://postgres@127.0.0.1:5432
 PG_TEST_DB   := weir_test
 
 test: tools artifacts lint test-db
-	cargo test --manifest-path guests/Cargo.toml -p weir-default-policies -p live-scale
+	cargo test --manifest-path guests/Cargo.toml -p live-scale
 	node --test examples/pipeline-fps-js/
 	$(ORT_ENV) CI=true WEIR_FUZZ_SEED=20261202 WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed \
 		M3U8_PYTHON=$(CURDIR)/$(PY_TOOLS)/bin/python cargo test --workspace

@@ -485,7 +485,9 @@ fn video_runner_server(dir: &Path) -> TestServer {
         .route("/health", get(|| async { Json(json!({"status": "OK"})) }))
         .route(
             "/image-to-video",
-            post(move || {
+            // Reads the whole upload before answering, as a runner does: answering before the
+            // body is read can reset the connection while the orchestrator still sends it.
+            post(move |_upload: axum::body::Bytes| {
                 let answer = answer.clone();
                 async move { Json(answer) }
             }),

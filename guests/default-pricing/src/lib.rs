@@ -1,9 +1,9 @@
 //! Weir's default pricing: a price per unit / pixels per unit per capability and model, from
-//! config (see `weir_default_policies::pricing`).
+//! config (see `weir_policy::pricing`).
 
 use std::sync::OnceLock;
 
-use weir_default_policies::pricing::PriceTable;
+use weir_policy::pricing::PriceTable;
 use weir_sdk::pricing::{Error, Guest, JobRequest, Price, QuoteContext};
 
 struct DefaultPricing;

@@ -1,9 +1,9 @@
 //! Weir's default router: ranks candidates by a weighted score of price, latency, success rate
-//! and warm models, after a max-price filter (see `weir_default_policies::router`).
+//! and warm models, after a max-price filter (see `weir_policy::router`).
 
 use std::sync::OnceLock;
 
-use weir_default_policies::router::{rank, Offer, RankError, RouterConfig};
+use weir_policy::router::{rank, Offer, RankError, RouterConfig};
 use weir_sdk::router::{Candidate, Error, Guest, JobRequest};
 
 struct DefaultRouter;

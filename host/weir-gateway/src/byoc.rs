@@ -4,94 +4,96 @@
 //! is paid up front at the capability's per-second price; the orchestrator charges the seconds
 //! used and the rest stays as balance for the next job.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use weir_protocol::byoc::{JobRequest, BYOC_MODEL, JOB_HEADER, LIVEPEER_BALANCE_HEADER};
+use axum::routing::post;
+use axum::Router;
+use weir_protocol::byoc::{JobRequest, JOB_HEADER, LIVEPEER_BALANCE_HEADER};
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
 use weir_protocol::AiHttpError;
-use weir_runtime::OutputSize;
 
-use crate::discovery::normalize;
-use crate::payments::Pending;
-use crate::server::{err, Answer, Attempt, Choice, Gateway, ORCHESTRATOR_HEADER};
+use crate::dispatch::{Answer, Call, Choice, Dispatched, Streaming, ORCHESTRATOR_HEADER};
+use crate::payments::{GatewayPayments, Pending};
+use crate::server::Gateway;
 
-impl Gateway {
-    /// Orchestrators offering BYOC capability `job.capability`, best first, filtered by the
-    /// job's include/exclude lists. Registrations come and go, so a miss refreshes discovery
-    /// once before giving up.
-    pub(crate) async fn choose_byoc(
+/// One BYOC request as the dispatcher sends it: the client's body to the orchestrator's
+/// `/process/request/{route}` with the job header; an event-stream answer is relayed as it
+/// comes and paid for the time it ran once it ends.
+struct ByocCall<'a> {
+    payments: &'a Arc<GatewayPayments>,
+    capability: &'a str,
+    route: &'a str,
+    content_type: &'a str,
+    job_header: &'a str,
+    body: &'a Bytes,
+    units: u64,
+    timeout: Duration,
+}
+
+impl Call for ByocCall<'_> {
+    type Output = Reply;
+
+    fn capability(&self) -> &str {
+        self.capability
+    }
+
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn request(&self, client: &reqwest::Client, choice: &Choice) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/process/request/{}", choice.url, self.route))
+            .header(header::CONTENT_TYPE, self.content_type)
+            .header(JOB_HEADER, self.job_header)
+            .body(self.body.clone())
+    }
+
+    fn take_streaming(
         &self,
-        job: &JobRequest,
-        units: u64,
-    ) -> Result<VecDeque<Choice>, AiHttpError> {
-        let request = weir_runtime::JobRequest {
-            id: job.id.clone(),
-            capability: job.capability.clone(),
-            model: BYOC_MODEL.to_owned(),
-            params: Vec::new(),
-            output: OutputSize {
-                width: 0,
-                height: 0,
-                frames: 0,
-                count: 1,
-            },
-            units,
-            sender: self.inner.payments.sender(),
-        };
-        let choices = match self
-            .choose(
-                &job.capability,
-                Some(BYOC_MODEL),
-                BYOC_MODEL,
-                request.clone(),
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(_) => {
-                self.inner.discovery.refresh().await;
-                self.choose(&job.capability, Some(BYOC_MODEL), BYOC_MODEL, request)
-                    .await
-                    .map_err(|e| {
-                        err(
-                            503,
-                            format!(
-                                "no orchestrator offers capability `{}`: {}",
-                                job.capability,
-                                e.message()
-                            ),
-                        )
-                    })?
-            }
-        };
-        let filter = job.params().map_err(|e| err(400, e))?.orchestrators;
-        let include: Vec<String> = filter.include.iter().map(|u| normalize(u)).collect();
-        let exclude: Vec<String> = filter.exclude.iter().map(|u| normalize(u)).collect();
-        let kept: VecDeque<Choice> = choices
-            .into_iter()
-            .filter(|c| include.is_empty() || include.contains(&c.url))
-            .filter(|c| !exclude.contains(&c.url))
-            .collect();
-        if kept.is_empty() {
-            return Err(err(
-                503,
-                format!(
-                    "no orchestrator offering `{}` is left after the job's include/exclude lists",
-                    job.capability
-                ),
-            ));
+        _choice: &Choice,
+        pending: &Pending,
+        response: reqwest::Response,
+        started: Instant,
+    ) -> Streaming<Reply> {
+        if !is_event_stream(response.headers()) {
+            return Streaming::Whole(response);
         }
-        Ok(kept)
+        // Relayed as it comes; paid for the time it ran once it ends.
+        let balance = number(response.headers(), BALANCE_HEADER);
+        Streaming::Taken(Reply::Events(Box::new(Events {
+            balance,
+            response,
+            settlement: Settlement {
+                payments: self.payments.clone(),
+                pending: pending.clone(),
+                started,
+                done: false,
+            },
+        })))
+    }
+
+    async fn accept(&self, answer: Answer) -> Result<Reply, String> {
+        Ok(Reply::Whole(answer))
     }
 }
 
+/// The BYOC batch route: `POST /process/request/{route}`.
+pub(crate) fn routes() -> Router<Gateway> {
+    Router::new().route("/process/request/{*route}", post(process_request))
+}
+
 /// `POST /process/request/{route}`.
-pub(crate) async fn process_request(
+async fn process_request(
     State(g): State<Gateway>,
     UrlPath(route): UrlPath<String>,
     headers: HeaderMap,
@@ -114,76 +116,38 @@ async fn run(
     body: Bytes,
 ) -> Result<Response, AiHttpError> {
     let mut job = JobRequest::from_headers(headers)?;
-    job.sender = g.inner.payments.sender();
+    let dispatcher = g.dispatcher();
+    job.sender = dispatcher.payments().sender();
     let units = job.timeout_seconds;
-    let queue = g.choose_byoc(&job, units).await?;
+    let queue = dispatcher.choose_for_job(&job, units).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let header_value = job.to_header();
-    let timeout = Duration::from_secs(job.timeout_seconds) + Duration::from_secs(2);
+    let job_header = job.to_header();
     let request_id = if job.id.is_empty() {
         format!("byoc-{:016x}", rand::random::<u64>())
     } else {
         job.id.clone()
     };
-    let cap = job.capability.clone();
-    let (choice, reply, charge, tried) = g
-        .with_retries(&request_id, queue, |choice| {
-            let (cap, content_type, header_value, body) =
-                (&cap, &content_type, &header_value, &body);
-            async move {
-                let choice = &choice;
-                g.attempt_with(choice, cap, units, |pending| async move {
-                    let request = g
-                        .inner
-                        .client
-                        .post(format!("{}/process/request/{route}", choice.url))
-                        .header(header::CONTENT_TYPE, content_type.as_str())
-                        .header(JOB_HEADER, header_value.as_str())
-                        .body(body.clone());
-                    let started = Instant::now();
-                    let response = match g
-                        .send_paid(choice, cap, &pending, request, timeout, started)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(attempt) => return attempt,
-                    };
-                    if is_event_stream(response.headers()) {
-                        // Relayed as it comes; paid for the time it ran once it ends.
-                        g.inner.discovery.record(
-                            &choice.url,
-                            &pending.account,
-                            true,
-                            started.elapsed(),
-                        );
-                        let balance = number(response.headers(), BALANCE_HEADER);
-                        return Attempt::Done {
-                            body: Reply::Events(Box::new(Events {
-                                balance,
-                                response,
-                                settlement: Settlement {
-                                    gateway: g.clone(),
-                                    pending,
-                                    started,
-                                    done: false,
-                                },
-                            })),
-                            charge: 0,
-                        };
-                    }
-                    g.receive(choice, &pending, response, started, |answer| async move {
-                        Ok(Reply::Whole(answer))
-                    })
-                    .await
-                })
-                .await
-            }
-        })
-        .await?;
+    let cap = job.capability.as_str();
+    let call = ByocCall {
+        payments: dispatcher.payments(),
+        capability: cap,
+        route,
+        content_type: &content_type,
+        job_header: &job_header,
+        body: &body,
+        units,
+        timeout: Duration::from_secs(job.timeout_seconds) + Duration::from_secs(2),
+    };
+    let Dispatched {
+        choice,
+        output: reply,
+        charge,
+        attempts: tried,
+    } = dispatcher.run(&request_id, queue, &call).await?;
     let (mut response, content_type, balance) = match reply {
         Reply::Whole(answer) => {
             tracing::info!(capability = %cap, route, orchestrator = %choice.url, charge, attempts = tried, "BYOC job served");
@@ -251,7 +215,7 @@ fn number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
 /// The payment of a streamed answer, settled once it ends (or the client goes away) for the
 /// seconds it ran: the orchestrator debits the same time from the balance as the stream runs.
 struct Settlement {
-    gateway: Gateway,
+    payments: Arc<GatewayPayments>,
     pending: Pending,
     started: Instant,
     done: bool,
@@ -272,14 +236,9 @@ impl Settlement {
             return;
         }
         let charge = self.charge();
-        let (gateway, pending) = (self.gateway.clone(), self.pending.clone());
+        let (payments, pending) = (self.payments.clone(), self.pending.clone());
         tokio::spawn(async move {
-            match gateway
-                .inner
-                .payments
-                .settle(&pending, Some(charge), None)
-                .await
-            {
+            match payments.settle(&pending, Some(charge), None).await {
                 Ok(s) => {
                     tracing::info!(capability = %pending.capability, orchestrator = %pending.orchestrator, charge = s.charge, why, "BYOC job served (events)")
                 }

@@ -15,13 +15,20 @@
 //! offering the capability like AI requests, paid per second; live AI streams
 //! (`POST /process/stream/start`, `POST /live/video-to-video/{stream}/start`) run on one
 //! orchestrator at a time over trickle channels, paid ahead per interval, moved when it fails.
+//!
+//! Layout: `dispatch` is the one shared path (select → pay → send → accept/settle → retry)
+//! behind the small `Call` trait; each feature (`ai`, `live`, `byoc`, `jobs`, `ai_streams`)
+//! describes its kind of call and owns its routes (`routes()`), which `http` merges; `server`
+//! holds the [`Gateway`] and its start-up.
 
+mod ai;
 mod ai_streams;
-mod busy;
 mod byoc;
 pub mod config;
 mod cors;
 pub mod discovery;
+mod dispatch;
+mod http;
 pub mod jobs;
 pub mod live;
 pub mod payments;
@@ -36,6 +43,7 @@ pub mod openapi {
 
 pub use ai_streams::StreamsConfig;
 pub use config::{parse_price, GatewayConfig};
+pub use dispatch::ORCHESTRATOR_HEADER;
 pub use jobs::JobsConfig;
 pub use live::LiveConfig;
-pub use server::{Gateway, GatewayError, ORCHESTRATOR_HEADER};
+pub use server::{Gateway, GatewayError};

@@ -327,10 +327,30 @@ impl Catalog {
         body: &Map<String, Value>,
         uploads: &[&str],
     ) -> Result<Validated, Vec<FieldError>> {
-        let problem = |field: &str, message: String| FieldError {
-            field: field.to_owned(),
-            message,
-        };
+        let (spec, kind) = self.model_of(body)?;
+        let mut errors = Vec::new();
+        let webhook_url = webhook_url_of(body, &mut errors);
+        let fields = kind.fields();
+        check_unknown_keys(body, fields, &mut errors);
+        let mut params = Map::new();
+        for f in fields {
+            let value = body.get(f.name).filter(|v| !v.is_null());
+            check_field(f, value, uploads, &mut params, &mut errors);
+        }
+        if errors.is_empty() {
+            Ok(Validated {
+                spec: spec.clone(),
+                kind,
+                params,
+                webhook_url,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The model a request body names, or the one error saying why there is none.
+    fn model_of(&self, body: &Map<String, Value>) -> Result<(&ModelSpec, Kind), Vec<FieldError>> {
         let Some(model) = body.get("model") else {
             return Err(vec![problem("model", "required".to_owned())]);
         };
@@ -344,115 +364,145 @@ impl Catalog {
                 ),
             )]);
         };
-        let mut errors = Vec::new();
-        let webhook_url = match body.get("webhookUrl") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(u)) if u.starts_with("https://") || u.starts_with("http://") => {
-                Some(u.clone())
-            }
-            Some(_) => {
-                errors.push(problem("webhookUrl", "must be an http(s) URL".to_owned()));
-                None
-            }
-        };
-        let fields = kind.fields();
-        for key in body.keys() {
-            let known = key == "model" || key == "webhookUrl";
-            if !known && !fields.iter().any(|f| f.name == key) {
-                errors.push(problem(key, "unknown parameter for this model".to_owned()));
+        Ok((spec, kind))
+    }
+}
+
+/// A [`FieldError`] for `field`.
+fn problem(field: &str, message: String) -> FieldError {
+    FieldError {
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// The body's `webhookUrl`, if it is an http(s) URL (otherwise an error is recorded).
+fn webhook_url_of(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match body.get("webhookUrl") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if u.starts_with("https://") || u.starts_with("http://") => {
+            Some(u.clone())
+        }
+        Some(_) => {
+            errors.push(problem("webhookUrl", "must be an http(s) URL".to_owned()));
+            None
+        }
+    }
+}
+
+/// Record an error for every body key that is neither common nor one of the model's fields.
+fn check_unknown_keys(body: &Map<String, Value>, fields: &[Field], errors: &mut Vec<FieldError>) {
+    for key in body.keys() {
+        let known = key == "model" || key == "webhookUrl";
+        if !known && !fields.iter().any(|f| f.name == key) {
+            errors.push(problem(key, "unknown parameter for this model".to_owned()));
+        }
+    }
+}
+
+/// Check one field's value (absent or null: `None`), adding it (or its default) to `params`
+/// or recording why it is wrong.
+fn check_field(
+    f: &Field,
+    value: Option<&Value>,
+    uploads: &[&str],
+    params: &mut Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    match (f.ty, value) {
+        (FieldType::Input { part }, value) => check_input(f, part, value, uploads, params, errors),
+        (FieldType::Text { .. }, None)
+        | (FieldType::Int { default: None, .. }, None)
+        | (FieldType::Number { default: None, .. }, None) => {
+            if f.required {
+                errors.push(problem(f.name, "required".to_owned()));
             }
         }
-        let mut params = Map::new();
-        for f in fields {
-            let value = body.get(f.name).filter(|v| !v.is_null());
-            match (f.ty, value) {
-                (FieldType::Input { part }, None) if uploads.contains(&part) => {}
-                (FieldType::Input { .. }, None) if !f.required => {}
-                (FieldType::Input { part }, None) => errors.push(problem(
-                    f.name,
-                    format!("required: an http(s) URL, or upload the file as form part `{part}`"),
-                )),
-                (FieldType::Input { part }, Some(_)) if uploads.contains(&part) => {
-                    errors.push(problem(
-                        f.name,
-                        format!("give either {} or an upload, not both", f.name),
-                    ))
-                }
-                (FieldType::Input { .. }, Some(Value::String(u)))
-                    if (u.starts_with("https://") || u.starts_with("http://"))
-                        && u.len() <= 2048 =>
-                {
-                    params.insert(f.name.to_owned(), Value::String(u.clone()));
-                }
-                (FieldType::Input { .. }, Some(_)) => errors.push(problem(
-                    f.name,
-                    "must be an http(s) URL of at most 2048 characters".to_owned(),
-                )),
-                (FieldType::Text { .. }, None)
-                | (FieldType::Int { default: None, .. }, None)
-                | (FieldType::Number { default: None, .. }, None) => {
-                    if f.required {
-                        errors.push(problem(f.name, "required".to_owned()));
-                    }
-                }
-                (
-                    FieldType::Int {
-                        default: Some(d), ..
-                    },
-                    None,
-                ) => {
-                    params.insert(f.name.to_owned(), Value::from(d));
-                }
-                (
-                    FieldType::Number {
-                        default: Some(d), ..
-                    },
-                    None,
-                ) => {
-                    params.insert(f.name.to_owned(), Value::from(d));
-                }
-                (FieldType::Text { max }, Some(v)) => match v.as_str() {
-                    Some(s) if f.required && s.trim().is_empty() => {
-                        errors.push(problem(f.name, "must not be empty".to_owned()))
-                    }
-                    Some(s) if s.chars().count() > max => {
-                        errors.push(problem(f.name, format!("at most {max} characters")))
-                    }
-                    Some(s) => {
-                        params.insert(f.name.to_owned(), Value::String(s.to_owned()));
-                    }
-                    None => errors.push(problem(f.name, "must be a string".to_owned())),
-                },
-                (FieldType::Int { min, max, .. }, Some(v)) => match int_of(v) {
-                    Some(n) if (min..=max).contains(&n) => {
-                        params.insert(f.name.to_owned(), Value::from(n));
-                    }
-                    Some(n) => {
-                        errors.push(problem(f.name, format!("{n} is out of range {min}–{max}")))
-                    }
-                    None => errors.push(problem(f.name, "must be an integer".to_owned())),
-                },
-                (FieldType::Number { min, max, .. }, Some(v)) => match num_of(v) {
-                    Some(n) if n >= min && n <= max => {
-                        params.insert(f.name.to_owned(), Value::from(n));
-                    }
-                    Some(n) => {
-                        errors.push(problem(f.name, format!("{n} is out of range {min}–{max}")))
-                    }
-                    None => errors.push(problem(f.name, "must be a number".to_owned())),
-                },
+        (
+            FieldType::Int {
+                default: Some(d), ..
+            },
+            None,
+        ) => {
+            params.insert(f.name.to_owned(), Value::from(d));
+        }
+        (
+            FieldType::Number {
+                default: Some(d), ..
+            },
+            None,
+        ) => {
+            params.insert(f.name.to_owned(), Value::from(d));
+        }
+        (FieldType::Text { max }, Some(v)) => check_text(f, max, v, params, errors),
+        (FieldType::Int { min, max, .. }, Some(v)) => match int_of(v) {
+            Some(n) if (min..=max).contains(&n) => {
+                params.insert(f.name.to_owned(), Value::from(n));
             }
+            Some(n) => errors.push(problem(f.name, format!("{n} is out of range {min}–{max}"))),
+            None => errors.push(problem(f.name, "must be an integer".to_owned())),
+        },
+        (FieldType::Number { min, max, .. }, Some(v)) => match num_of(v) {
+            Some(n) if n >= min && n <= max => {
+                params.insert(f.name.to_owned(), Value::from(n));
+            }
+            Some(n) => errors.push(problem(f.name, format!("{n} is out of range {min}–{max}"))),
+            None => errors.push(problem(f.name, "must be a number".to_owned())),
+        },
+    }
+}
+
+/// Check an input field: a URL, or an upload in form part `part`, never both.
+fn check_input(
+    f: &Field,
+    part: &str,
+    value: Option<&Value>,
+    uploads: &[&str],
+    params: &mut Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    match value {
+        None if uploads.contains(&part) => {}
+        None if !f.required => {}
+        None => errors.push(problem(
+            f.name,
+            format!("required: an http(s) URL, or upload the file as form part `{part}`"),
+        )),
+        Some(_) if uploads.contains(&part) => errors.push(problem(
+            f.name,
+            format!("give either {} or an upload, not both", f.name),
+        )),
+        Some(Value::String(u))
+            if (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2048 =>
+        {
+            params.insert(f.name.to_owned(), Value::String(u.clone()));
         }
-        if errors.is_empty() {
-            Ok(Validated {
-                spec: spec.clone(),
-                kind,
-                params,
-                webhook_url,
-            })
-        } else {
-            Err(errors)
+        Some(_) => errors.push(problem(
+            f.name,
+            "must be an http(s) URL of at most 2048 characters".to_owned(),
+        )),
+    }
+}
+
+/// Check a text field of at most `max` characters.
+fn check_text(
+    f: &Field,
+    max: usize,
+    v: &Value,
+    params: &mut Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) {
+    match v.as_str() {
+        Some(s) if f.required && s.trim().is_empty() => {
+            errors.push(problem(f.name, "must not be empty".to_owned()))
         }
+        Some(s) if s.chars().count() > max => {
+            errors.push(problem(f.name, format!("at most {max} characters")))
+        }
+        Some(s) => {
+            params.insert(f.name.to_owned(), Value::String(s.to_owned()));
+        }
+        None => errors.push(problem(f.name, "must be a string".to_owned())),
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
-    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult, StreamMetadata,
 };
 use std::collections::VecDeque;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -458,18 +458,7 @@ impl Connection {
                 stream_key,
                 metadata,
             } => {
-                if self.metadata_seen {
-                    tracing::trace!(peer = %self.peer, ?metadata, "rtmp: stream metadata");
-                } else {
-                    self.metadata_seen = true;
-                    tracing::debug!(
-                        peer = %self.peer,
-                        app = %app_name,
-                        key = %stream_key,
-                        ?metadata,
-                        "rtmp: stream metadata"
-                    );
-                }
+                self.on_metadata(&app_name, &stream_key, &metadata);
                 Ok(Vec::new())
             }
             ServerSessionEvent::PlayStreamRequested {
@@ -492,6 +481,22 @@ impl Connection {
                 tracing::trace!(peer = %self.peer, event = ?other, "rtmp: session event");
                 Ok(Vec::new())
             }
+        }
+    }
+
+    /// Logs the stream's metadata: at debug level the first time, at trace level after.
+    fn on_metadata(&mut self, app_name: &str, stream_key: &str, metadata: &StreamMetadata) {
+        if self.metadata_seen {
+            tracing::trace!(peer = %self.peer, ?metadata, "rtmp: stream metadata");
+        } else {
+            self.metadata_seen = true;
+            tracing::debug!(
+                peer = %self.peer,
+                app = %app_name,
+                key = %stream_key,
+                ?metadata,
+                "rtmp: stream metadata"
+            );
         }
     }
 

@@ -9,6 +9,10 @@
 //! run the model; settle on success or release on failure (also when the client goes away).
 //! The answer carries the remaining balance (`Weir-Balance`) and the charge (`Weir-Charge`).
 //!
+//! These payment steps are written once (the private `paid` module) and taken by every paid
+//! handler; the payment itself is verified by the orchestrator's payment scheme (today signed
+//! credits, the seam where Livepeer's off-chain payments would be a second scheme).
+//!
 //! Live transcoding (`POST /transcode`, [`transcode`]) follows the same payment steps per
 //! MPEG-TS segment, billed per output pixel.
 //!
@@ -18,11 +22,13 @@
 //! `POST /live-video-to-video`), their media on authenticated trickle channels served here
 //! under `/ai/trickle/`, their balances debited per second of stream time.
 
+mod ai;
 pub mod byoc;
 pub mod config;
+mod handler;
+mod paid;
 pub mod runners;
 mod server;
-mod streams;
 pub mod transcode;
 
 pub use byoc::{ByocConfig, PipelineEntry};

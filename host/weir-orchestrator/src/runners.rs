@@ -133,6 +133,59 @@ fn guest_error(e: RuntimeError) -> RunnerError {
     }
 }
 
+/// What a pipeline's output objects and params are as the answer of `capability`.
+fn output_of(
+    capability: weir_protocol::Capability,
+    outputs: Vec<Blob>,
+    params: Vec<weir_runtime::Param>,
+) -> Result<RunnerOutput, RunnerError> {
+    let seed = 0;
+    use weir_protocol::Capability as C;
+    match capability {
+        C::ImageToText => {
+            let text = params
+                .into_iter()
+                .find_map(|p| match (p.name.as_str(), p.value) {
+                    ("text", ParamValue::Text(t)) => Some(t),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    RunnerError::BadResponse("the pipeline returned no `text` param".to_owned())
+                })?;
+            Ok(RunnerOutput::Caption(ImageToTextResponse { text }))
+        }
+        C::TextToImage | C::ImageToImage | C::Upscale | C::ImageToVideo | C::TextToSpeech => {
+            if outputs.is_empty() {
+                return Err(RunnerError::BadResponse(
+                    "the pipeline returned no output objects".to_owned(),
+                ));
+            }
+            let media: Vec<OutputMedia> = outputs
+                .into_iter()
+                .map(|b| OutputMedia {
+                    content_type: b.content_type,
+                    data: b.data.to_vec(),
+                    seed,
+                    nsfw: false,
+                })
+                .collect();
+            if capability == C::TextToSpeech {
+                media
+                    .into_iter()
+                    .next()
+                    .map(RunnerOutput::Speech)
+                    .ok_or_else(|| RunnerError::BadResponse("no audio output".to_owned()))
+            } else {
+                Ok(RunnerOutput::Media(media))
+            }
+        }
+        other => Err(RunnerError::Unsupported(format!(
+            "{other} through a WASM pipeline (outputs are objects and params; use an \
+             image capability or image-to-text)"
+        ))),
+    }
+}
+
 impl ModelRunner for WasmPipelineRunner {
     fn run(&self, input: RunnerInput) -> BoxFuture<'_, Result<RunnerOutput, RunnerError>> {
         Box::pin(async move {
@@ -141,7 +194,6 @@ impl ModelRunner for WasmPipelineRunner {
                 .get_world(&self.component, WorldKind::Pipeline)
                 .map_err(guest_error)?;
             let capability = input.request.capability();
-            let seed = 0;
             let job = weir_runtime::jobs::job_request(
                 &format!("wasm-{:016x}", rand::random::<u64>()),
                 &input.request,
@@ -164,56 +216,7 @@ impl ModelRunner for WasmPipelineRunner {
                     message: format!("pipeline task failed: {e}"),
                 })?
                 .map_err(guest_error)?;
-            use weir_protocol::Capability as C;
-            match capability {
-                C::ImageToText => {
-                    let text = params
-                        .into_iter()
-                        .find_map(|p| match (p.name.as_str(), p.value) {
-                            ("text", ParamValue::Text(t)) => Some(t),
-                            _ => None,
-                        })
-                        .ok_or_else(|| {
-                            RunnerError::BadResponse(
-                                "the pipeline returned no `text` param".to_owned(),
-                            )
-                        })?;
-                    Ok(RunnerOutput::Caption(ImageToTextResponse { text }))
-                }
-                C::TextToImage
-                | C::ImageToImage
-                | C::Upscale
-                | C::ImageToVideo
-                | C::TextToSpeech => {
-                    if outputs.is_empty() {
-                        return Err(RunnerError::BadResponse(
-                            "the pipeline returned no output objects".to_owned(),
-                        ));
-                    }
-                    let media: Vec<OutputMedia> = outputs
-                        .into_iter()
-                        .map(|b| OutputMedia {
-                            content_type: b.content_type,
-                            data: b.data.to_vec(),
-                            seed,
-                            nsfw: false,
-                        })
-                        .collect();
-                    if capability == C::TextToSpeech {
-                        media
-                            .into_iter()
-                            .next()
-                            .map(RunnerOutput::Speech)
-                            .ok_or_else(|| RunnerError::BadResponse("no audio output".to_owned()))
-                    } else {
-                        Ok(RunnerOutput::Media(media))
-                    }
-                }
-                other => Err(RunnerError::Unsupported(format!(
-                    "{other} through a WASM pipeline (outputs are objects and params; use an \
-                     image capability or image-to-text)"
-                ))),
-            }
+            output_of(capability, outputs, params)
         })
     }
 

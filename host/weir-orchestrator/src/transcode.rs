@@ -20,11 +20,12 @@ use weir_media::wire::{
     ladder_pixels, renditions_body, DURATION_HEADER, PROFILES_HEADER, SEGMENT_HEADER,
 };
 use weir_models::capacity::Capacity;
-use weir_payments::credit;
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
 use weir_protocol::AiHttpError;
 
-use crate::server::{agreed_charge, err, Orchestrator};
+use crate::handler::{err, AiBody};
+use crate::paid::{Order, PaidJob, Payer, Quote};
+use crate::Orchestrator;
 
 pub use weir_media::wire::{CAPABILITY, MODEL};
 
@@ -199,17 +200,7 @@ impl Orchestrator {
         if body.is_empty() {
             return Err(err(400, "empty segment"));
         }
-        let payment = self.payment(headers)?;
-        let account = credit::account(CAPABILITY, MODEL);
-        if payment.account != account {
-            return Err(err(
-                402,
-                format!(
-                    "the payment is for account `{}` but this job is `{account}`",
-                    payment.account
-                ),
-            ));
-        }
+        let payer = Payer::for_account(self.payment(headers)?, CAPABILITY, MODEL, "job")?;
         let units = ladder_pixels(&profiles, duration_ms);
         let output = weir_runtime::OutputSize {
             width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
@@ -217,72 +208,67 @@ impl Orchestrator {
             frames: 0,
             count: profiles.len() as u32,
         };
-        let price = self
-            .quote_for(
-                CAPABILITY,
-                MODEL,
-                &slot.capacity,
-                &payment.sender,
-                output,
-                units,
-            )
-            .await
-            .map_err(|e| self.pricing_error(e))?;
-        let reserved = agreed_charge(&account, &price, &payment, units)?;
-        let permit = slot.capacity.try_acquire().map_err(|full| {
-            err(
-                503,
-                format!(
-                    "insufficient capacity: transcoding runs {} of {} segments",
-                    full.in_flight, full.limit
-                ),
-            )
-        })?;
-        let job_id = format!("seg-{:032x}", rand::random::<u128>());
-        let held = self
-            .reserve(&payment, &job_id, &account, MODEL, units, reserved)
-            .await?;
-
-        let started = Instant::now();
-        let transcoder = slot.transcoder.clone();
-        let ladder = profiles.clone();
-        let work = tokio::task::spawn_blocking(move || transcoder.transcode(&body, &ladder));
-        let outcome = match tokio::time::timeout(slot.timeout, work).await {
-            Ok(Ok(Ok(renditions))) => Ok(renditions),
-            Ok(Ok(Err(e))) => Err(err(422, format!("transcoding failed: {e}"))),
-            Ok(Err(join)) => Err(err(500, format!("transcoder crashed: {join}"))),
-            Err(_) => Err(err(
-                504,
-                format!("transcoding took longer than {:?}", slot.timeout),
-            )),
+        let what = payer.account.clone();
+        let order = Order {
+            what: &what,
+            model: MODEL,
+            units,
+            id_prefix: "seg",
         };
-        drop(permit);
+        let quote = Quote::Component {
+            capability: CAPABILITY,
+            model: MODEL,
+            capacity: &slot.capacity,
+            output,
+        };
+        let take_slot = || {
+            slot.capacity.try_acquire().map_err(|full| {
+                err(
+                    503,
+                    format!(
+                        "insufficient capacity: transcoding runs {} of {} segments",
+                        full.in_flight, full.limit
+                    ),
+                )
+            })
+        };
+        let mut job = PaidJob::open(self, payer, order, quote, take_slot).await?;
+        let started = Instant::now();
+        let outcome = transcode_on(slot, body, profiles).await;
+        job.free_slot();
         let renditions = match outcome {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(job = %job_id, error = %e, "segment not transcoded; reservation released");
-                if let Err(le) = held.release().await {
-                    tracing::error!(job = %job_id, error = %le, "could not release a reservation");
-                }
+                tracing::warn!(job = %job.id, error = %e, "segment not transcoded; reservation released");
+                job.release().await;
                 return Err(e);
             }
         };
         let pixels = weir_media::transcode::pixels(&renditions);
-        let charge = weir_payments::cost(
-            pixels,
-            weir_payments::UnitPrice {
-                price_per_unit: price.price_per_unit,
-                pixels_per_unit: price.pixels_per_unit,
-            },
-        )
-        .unwrap_or(reserved)
-        .min(reserved);
-        let balance = held
-            .settle(charge)
-            .await
-            .map_err(|e| err(500, format!("ledger: {e}")))?;
+        let charge = job.charge_for(pixels);
+        let job_id = job.id.clone();
+        let balance = job.settle(charge).await?;
         tracing::debug!(job = %job_id, duration_ms, pixels, charge, ms = started.elapsed().as_millis() as u64, "segment transcoded");
         Ok((renditions, balance, charge))
+    }
+}
+
+/// `body` transcoded to `ladder` off the async workers, within the slot's deadline.
+async fn transcode_on(
+    slot: &TranscodeSlot,
+    body: Bytes,
+    ladder: Vec<Profile>,
+) -> Result<Vec<Rendition>, AiHttpError> {
+    let transcoder = slot.transcoder.clone();
+    let work = tokio::task::spawn_blocking(move || transcoder.transcode(&body, &ladder));
+    match tokio::time::timeout(slot.timeout, work).await {
+        Ok(Ok(Ok(renditions))) => Ok(renditions),
+        Ok(Ok(Err(e))) => Err(err(422, format!("transcoding failed: {e}"))),
+        Ok(Err(join)) => Err(err(500, format!("transcoder crashed: {join}"))),
+        Err(_) => Err(err(
+            504,
+            format!("transcoding took longer than {:?}", slot.timeout),
+        )),
     }
 }
 
@@ -290,12 +276,8 @@ impl Orchestrator {
 pub(crate) async fn handle(
     State(o): State<Orchestrator>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    AiBody(body): AiBody,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return AiHttpError::from(e).into_response(),
-    };
     let Some(slot) = o.transcode_slot() else {
         return err(404, "this orchestrator does not offer transcoding").into_response();
     };

@@ -348,6 +348,96 @@ impl fmt::Debug for Storage {
     }
 }
 
+/// A [`StorageError::Config`] for `backend`.
+fn config_error(backend: &'static str, message: String) -> StorageError {
+    StorageError::Config { backend, message }
+}
+
+/// The local backend in `dir` (created if missing), after checking what its links need.
+async fn open_local(
+    dir: &std::path::Path,
+    public_url: &str,
+    signing_key: &[u8],
+) -> Result<Backend, StorageError> {
+    let config_err = |message: String| config_error("local", message);
+    if signing_key.is_empty() {
+        return Err(config_err("the link signing key is empty".into()));
+    }
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        return Err(config_err(format!(
+            "public URL {public_url:?} is not an http(s) URL"
+        )));
+    }
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| config_err(format!("cannot create directory {}: {e}", dir.display())))?;
+    let store = LocalFileSystem::new_with_prefix(dir).map_err(|source| StorageError::Backend {
+        backend: "local",
+        op: "open",
+        key: dir.display().to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(Backend::Local {
+        store,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The S3 settings of a [`StorageConfig::S3`], borrowed.
+struct S3Settings<'a> {
+    endpoint: Option<&'a str>,
+    bucket: &'a str,
+    region: &'a str,
+    access_key: &'a str,
+    secret_key: &'a str,
+    prefix: Option<&'a str>,
+    allow_http: bool,
+}
+
+/// The S3 backend, after checking its settings (the service is not contacted).
+fn open_s3(s: S3Settings<'_>) -> Result<Backend, StorageError> {
+    let config_err = |message: String| config_error("s3", message);
+    let bucket = s.bucket;
+    if bucket.is_empty() {
+        return Err(config_err("the bucket name is empty".into()));
+    }
+    if s.access_key.is_empty() || s.secret_key.is_empty() {
+        return Err(config_err(format!(
+            "bucket {bucket:?}: access_key and secret_key must be set"
+        )));
+    }
+    let prefix = match s.prefix.map(|p| p.trim_matches('/')) {
+        None | Some("") => None,
+        Some(p) => {
+            validate_key(p)
+                .map_err(|e| config_err(format!("bucket {bucket:?}: bad prefix: {e}")))?;
+            Some(p.to_owned())
+        }
+    };
+    let mut builder = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region(s.region)
+        .with_access_key_id(s.access_key)
+        .with_secret_access_key(s.secret_key)
+        .with_allow_http(s.allow_http);
+    if let Some(endpoint) = s.endpoint {
+        builder = builder
+            .with_endpoint(endpoint.trim_end_matches('/'))
+            .with_virtual_hosted_style_request(false);
+    }
+    let store = builder.build().map_err(|source| StorageError::Backend {
+        backend: "s3",
+        op: "open",
+        key: bucket.to_owned(),
+        source: Box::new(source),
+    })?;
+    Ok(Backend::S3 {
+        store,
+        bucket: bucket.to_owned(),
+        prefix,
+    })
+}
+
 impl Storage {
     /// Open the configured backend.
     ///
@@ -363,38 +453,9 @@ impl Storage {
         public_url: &str,
         signing_key: &[u8],
     ) -> Result<Storage, StorageError> {
-        let backend_name = config.backend();
-        let config_err = |message: String| StorageError::Config {
-            backend: backend_name,
-            message,
-        };
         let public_url = public_url.trim_end_matches('/').to_owned();
         let backend = match config {
-            StorageConfig::Local { dir } => {
-                if signing_key.is_empty() {
-                    return Err(config_err("the link signing key is empty".into()));
-                }
-                if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-                    return Err(config_err(format!(
-                        "public URL {public_url:?} is not an http(s) URL"
-                    )));
-                }
-                tokio::fs::create_dir_all(dir).await.map_err(|e| {
-                    config_err(format!("cannot create directory {}: {e}", dir.display()))
-                })?;
-                let store = LocalFileSystem::new_with_prefix(dir).map_err(|source| {
-                    StorageError::Backend {
-                        backend: backend_name,
-                        op: "open",
-                        key: dir.display().to_string(),
-                        source: Box::new(source),
-                    }
-                })?;
-                Backend::Local {
-                    store,
-                    dir: dir.clone(),
-                }
-            }
+            StorageConfig::Local { dir } => open_local(dir, &public_url, signing_key).await?,
             StorageConfig::S3 {
                 endpoint,
                 bucket,
@@ -403,47 +464,15 @@ impl Storage {
                 secret_key,
                 prefix,
                 allow_http,
-            } => {
-                if bucket.is_empty() {
-                    return Err(config_err("the bucket name is empty".into()));
-                }
-                if access_key.is_empty() || secret_key.is_empty() {
-                    return Err(config_err(format!(
-                        "bucket {bucket:?}: access_key and secret_key must be set"
-                    )));
-                }
-                let prefix = match prefix.as_deref().map(|p| p.trim_matches('/')) {
-                    None | Some("") => None,
-                    Some(p) => {
-                        validate_key(p).map_err(|e| {
-                            config_err(format!("bucket {bucket:?}: bad prefix: {e}"))
-                        })?;
-                        Some(p.to_owned())
-                    }
-                };
-                let mut builder = AmazonS3Builder::new()
-                    .with_bucket_name(bucket)
-                    .with_region(region)
-                    .with_access_key_id(access_key)
-                    .with_secret_access_key(secret_key)
-                    .with_allow_http(*allow_http);
-                if let Some(endpoint) = endpoint {
-                    builder = builder
-                        .with_endpoint(endpoint.trim_end_matches('/'))
-                        .with_virtual_hosted_style_request(false);
-                }
-                let store = builder.build().map_err(|source| StorageError::Backend {
-                    backend: backend_name,
-                    op: "open",
-                    key: bucket.clone(),
-                    source: Box::new(source),
-                })?;
-                Backend::S3 {
-                    store,
-                    bucket: bucket.clone(),
-                    prefix,
-                }
-            }
+            } => open_s3(S3Settings {
+                endpoint: endpoint.as_deref(),
+                bucket,
+                region,
+                access_key,
+                secret_key,
+                prefix: prefix.as_deref(),
+                allow_http: *allow_http,
+            })?,
         };
         Ok(Storage {
             inner: Arc::new(Inner {

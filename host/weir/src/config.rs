@@ -389,93 +389,10 @@ impl NodeConfig {
                 .parse()
                 .map_err(|e| ConfigError::Invalid(format!("default http address: {e}")))?,
         };
-        let log_format = o
-            .log_format
-            .clone()
-            .or(file.node.log_format)
-            .unwrap_or_else(|| "text".into());
-        let json_logs = match log_format.as_str() {
-            "text" => false,
-            "json" => true,
-            other => {
-                return Err(ConfigError::Invalid(format!(
-                    "log_format `{other}` must be `text` or `json`"
-                )))
-            }
-        };
-        let admin_token = o.admin_token.clone().or(file.node.admin_token);
-        if let Some(t) = &admin_token {
-            if t.len() < 16 {
-                return Err(ConfigError::Invalid(
-                    "admin_token must be at least 16 characters".into(),
-                ));
-            }
-        }
-        let epoch_tick_ms = file.runtime.epoch_tick_ms.unwrap_or(2);
-        if !(1..=100).contains(&epoch_tick_ms) {
-            return Err(ConfigError::Invalid(format!(
-                "runtime.epoch_tick_ms = {epoch_tick_ms} must be within 1..=100"
-            )));
-        }
-        let reload_debounce_ms = file.runtime.reload_debounce_ms.unwrap_or(20);
-        if reload_debounce_ms > 10_000 {
-            return Err(ConfigError::Invalid(
-                "runtime.reload_debounce_ms must be at most 10000".into(),
-            ));
-        }
-        let mut gateway = file.gateway;
-        if !o.orch_addr.is_empty() {
-            gateway.orchestrators = o.orch_addr.clone();
-        }
-        if o.orch_webhook_url.is_some() {
-            gateway.orch_webhook_url = o.orch_webhook_url.clone();
-        }
-        if o.rtmp_addr.is_some() {
-            gateway.rtmp_addr = o.rtmp_addr;
-        }
-        if o.transcoding_options.is_some() {
-            gateway.transcoding_options = o.transcoding_options.clone();
-        }
-        if o.max_sessions.is_some() {
-            gateway.max_sessions = o.max_sessions;
-        }
-        if o.auth_webhook_url.is_some() {
-            gateway.auth_webhook_url = o.auth_webhook_url.clone();
-        }
-        if let Some(ladder) = &gateway.transcoding_options {
-            weir_media::profile::parse_profiles(ladder)
-                .map_err(|e| ConfigError::Invalid(format!("gateway.transcoding_options: {e}")))?;
-        }
-        if gateway
-            .segment_secs
-            .is_some_and(|s| !(0.5..=30.0).contains(&s))
-        {
-            return Err(ConfigError::Invalid(
-                "gateway.segment_secs must be between 0.5 and 30".into(),
-            ));
-        }
-        if gateway
-            .ll_part_ms
-            .is_some_and(|p| !(100..=2000).contains(&p))
-        {
-            return Err(ConfigError::Invalid(
-                "gateway.ll_part_ms must be between 100 and 2000".into(),
-            ));
-        }
-        if gateway.hls_window.is_some_and(|w| !(2..=100).contains(&w)) {
-            return Err(ConfigError::Invalid(
-                "gateway.hls_window must be between 2 and 100".into(),
-            ));
-        }
-        for (key, raw) in &gateway.max_price {
-            weir_gateway::parse_price(raw)
-                .map_err(|e| ConfigError::Invalid(format!("gateway.max_price.{key}: {e}")))?;
-        }
-        if gateway.max_attempts == Some(0) {
-            return Err(ConfigError::Invalid(
-                "gateway.max_attempts must be at least 1".into(),
-            ));
-        }
+        let json_logs = json_logs(o.log_format.clone().or(file.node.log_format))?;
+        let admin_token = admin_token(o.admin_token.clone().or(file.node.admin_token))?;
+        let (epoch_tick_ms, reload_debounce_ms) = runtime_timings(&file.runtime)?;
+        let gateway = merge_gateway(file.gateway, o)?;
         let mut orchestrator = file.orchestrator;
         if o.service_addr.is_some() {
             orchestrator.service_addr = o.service_addr;
@@ -504,6 +421,113 @@ impl NodeConfig {
                 .unwrap_or_else(|| "default-pricing".into()),
         })
     }
+}
+
+/// Whether logs are JSON, from the merged `log_format` (`text`, the default, or `json`).
+fn json_logs(log_format: Option<String>) -> Result<bool, ConfigError> {
+    let log_format = log_format.unwrap_or_else(|| "text".into());
+    match log_format.as_str() {
+        "text" => Ok(false),
+        "json" => Ok(true),
+        other => Err(ConfigError::Invalid(format!(
+            "log_format `{other}` must be `text` or `json`"
+        ))),
+    }
+}
+
+/// The merged admin token, checked to be long enough when given.
+fn admin_token(admin_token: Option<String>) -> Result<Option<String>, ConfigError> {
+    if let Some(t) = &admin_token {
+        if t.len() < 16 {
+            return Err(ConfigError::Invalid(
+                "admin_token must be at least 16 characters".into(),
+            ));
+        }
+    }
+    Ok(admin_token)
+}
+
+/// `[runtime]`'s epoch tick and reload debounce (milliseconds), defaulted and checked.
+fn runtime_timings(runtime: &RuntimeSection) -> Result<(u64, u64), ConfigError> {
+    let epoch_tick_ms = runtime.epoch_tick_ms.unwrap_or(2);
+    if !(1..=100).contains(&epoch_tick_ms) {
+        return Err(ConfigError::Invalid(format!(
+            "runtime.epoch_tick_ms = {epoch_tick_ms} must be within 1..=100"
+        )));
+    }
+    let reload_debounce_ms = runtime.reload_debounce_ms.unwrap_or(20);
+    if reload_debounce_ms > 10_000 {
+        return Err(ConfigError::Invalid(
+            "runtime.reload_debounce_ms must be at most 10000".into(),
+        ));
+    }
+    Ok((epoch_tick_ms, reload_debounce_ms))
+}
+
+/// `[gateway]` with the command-line overrides applied, checked.
+fn merge_gateway(
+    mut gateway: GatewaySection,
+    o: &Overrides,
+) -> Result<GatewaySection, ConfigError> {
+    if !o.orch_addr.is_empty() {
+        gateway.orchestrators = o.orch_addr.clone();
+    }
+    if o.orch_webhook_url.is_some() {
+        gateway.orch_webhook_url = o.orch_webhook_url.clone();
+    }
+    if o.rtmp_addr.is_some() {
+        gateway.rtmp_addr = o.rtmp_addr;
+    }
+    if o.transcoding_options.is_some() {
+        gateway.transcoding_options = o.transcoding_options.clone();
+    }
+    if o.max_sessions.is_some() {
+        gateway.max_sessions = o.max_sessions;
+    }
+    if o.auth_webhook_url.is_some() {
+        gateway.auth_webhook_url = o.auth_webhook_url.clone();
+    }
+    check_gateway(&gateway)?;
+    Ok(gateway)
+}
+
+/// Check the merged `[gateway]`: its ladder, media timings, prices and attempts.
+fn check_gateway(gateway: &GatewaySection) -> Result<(), ConfigError> {
+    if let Some(ladder) = &gateway.transcoding_options {
+        weir_media::profile::parse_profiles(ladder)
+            .map_err(|e| ConfigError::Invalid(format!("gateway.transcoding_options: {e}")))?;
+    }
+    if gateway
+        .segment_secs
+        .is_some_and(|s| !(0.5..=30.0).contains(&s))
+    {
+        return Err(ConfigError::Invalid(
+            "gateway.segment_secs must be between 0.5 and 30".into(),
+        ));
+    }
+    if gateway
+        .ll_part_ms
+        .is_some_and(|p| !(100..=2000).contains(&p))
+    {
+        return Err(ConfigError::Invalid(
+            "gateway.ll_part_ms must be between 100 and 2000".into(),
+        ));
+    }
+    if gateway.hls_window.is_some_and(|w| !(2..=100).contains(&w)) {
+        return Err(ConfigError::Invalid(
+            "gateway.hls_window must be between 2 and 100".into(),
+        ));
+    }
+    for (key, raw) in &gateway.max_price {
+        weir_gateway::parse_price(raw)
+            .map_err(|e| ConfigError::Invalid(format!("gateway.max_price.{key}: {e}")))?;
+    }
+    if gateway.max_attempts == Some(0) {
+        return Err(ConfigError::Invalid(
+            "gateway.max_attempts must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The HTTP listener limits of `[node]`, checked.

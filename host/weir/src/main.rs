@@ -2,12 +2,6 @@
 //! sandboxed WebAssembly components.
 
 mod api;
-mod bench;
-mod bench_gateway;
-mod bench_jobs;
-mod bench_live;
-mod bench_transcode;
-mod bench_trickle;
 mod component_cmd;
 mod config;
 mod listen;
@@ -38,7 +32,7 @@ enum Command {
     Component(component_cmd::ComponentCmd),
     /// Benchmarks that print ratios against a reference measured in the same run.
     #[command(subcommand)]
-    Bench(bench::BenchCmd),
+    Bench(weir_bench::BenchCmd),
 }
 
 fn init_logs(json: bool) {
@@ -74,7 +68,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Bench(cmd) => {
             init_logs(false);
-            bench::run(cmd)
+            weir_bench::run(cmd)
         }
     };
     match result {

@@ -249,7 +249,61 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     raise_open_file_limit();
     let metrics = prometheus::Registry::new();
-    let registry = build_registry(&config, &metrics)?;
+    let (registry, _watch) = load_components(&config, &metrics).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding {}", config.http_addr))?;
+    let addr = listener.local_addr()?;
+    let http_url = format!("http://{addr}");
+    let mut started = Started {
+        extra: axum::Router::new(),
+        ledgers: Vec::new(),
+        ready_line: format!("weir ready http={http_url}"),
+        tasks: Vec::new(),
+        orchestrator_server: None,
+    };
+    let mut local_orchestrator = None;
+    if role.orchestrator() {
+        local_orchestrator =
+            start_orchestrator(&config, role, &registry, &metrics, &http_url, &mut started).await?;
+    }
+    if role.gateway() {
+        start_gateway(
+            &config,
+            &registry,
+            &metrics,
+            &http_url,
+            local_orchestrator,
+            &mut started,
+        )
+        .await?;
+    }
+    serve_until_shutdown(&config, role, listener, registry, metrics, started).await
+}
+
+/// What starting the roles adds to the node: routes, ledgers, background tasks, and the
+/// parts of the ready line.
+struct Started {
+    /// Routes served next to the node's own on the main listener.
+    extra: axum::Router,
+    /// The ledgers of the roles started, by role name.
+    ledgers: Vec<(&'static str, Arc<dyn weir_payments::Ledger>)>,
+    /// The line printed on stdout once the node serves.
+    ready_line: String,
+    /// Tasks aborted when the node stops.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// A combined node's orchestrator, served on its own listener.
+    orchestrator_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Build the registry, load the components once (logging those that fail), and watch
+/// their directory; the watch lasts as long as the returned guard.
+async fn load_components(
+    config: &NodeConfig,
+    metrics: &prometheus::Registry,
+) -> anyhow::Result<(Arc<Registry>, weir_runtime::WatchGuard)> {
+    let registry = build_registry(config, metrics)?;
     let scan_registry = registry.clone();
     let report = tokio::task::spawn_blocking(move || scan_registry.scan()).await?;
     for (name, reason) in &report.failed {
@@ -261,148 +315,179 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         failed = report.failed.len(),
         "components scanned"
     );
-    let _watch = registry.watch(Duration::from_millis(config.reload_debounce_ms))?;
+    let watch = registry.watch(Duration::from_millis(config.reload_debounce_ms))?;
+    Ok((registry, watch))
+}
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding {}", config.http_addr))?;
-    let addr = listener.local_addr()?;
-    let http_url = format!("http://{addr}");
-    let mut ledgers = Vec::new();
-    let mut extra = axum::Router::new();
-    let mut ready_line = format!("weir ready http={http_url}");
-    let mut tasks = Vec::new();
-
-    // The orchestrator: on its own listener in a combined node, on the main one otherwise.
-    let mut local_orchestrator = None;
-    let mut orchestrator_server = None;
-    if role.orchestrator() {
-        let (service_listener, service_url) = if role == Role::Node {
-            let service_addr = config
-                .orchestrator
-                .service_addr
-                .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-            let l = tokio::net::TcpListener::bind(service_addr)
-                .await
-                .with_context(|| format!("binding the orchestrator at {service_addr}"))?;
-            let url = format!("http://{}", l.local_addr()?);
-            (Some(l), url)
-        } else {
-            (None, http_url.clone())
-        };
-        let mut orch_config = orchestrator_config(&config, &service_url);
-        if role.gateway() {
-            // A combined node trusts its own gateway (whose key lives in the data dir).
-            let key = config.data_dir.join("wallet.key");
-            let wallet = weir_payments::credit::Wallet::load_or_create(&key)
-                .with_context(|| format!("gateway wallet {}", key.display()))?;
-            orch_config.trusted_senders.push(wallet.sender());
-        }
-        let orchestrator = weir_orchestrator::Orchestrator::new(
-            orch_config,
-            registry.clone(),
-            open_ledger(
-                &config,
-                config.orchestrator.ledger_url.as_deref(),
-                "orchestrator",
-            )
-            .await?,
-            &metrics,
-        )
-        .await
-        .context("starting the orchestrator")?;
-        tasks.push(orchestrator.spawn_health_checks());
-        tasks.extend(orchestrator.spawn_byoc_tasks());
-        if let Some(media) = orchestrator.guest_media() {
-            registry.runtime().provide_media(media);
-        }
-        ledgers.push(("orchestrator", orchestrator.ledger().clone()));
-        match service_listener {
-            Some(l) => {
-                ready_line.push_str(&format!(" orchestrator={service_url}"));
-                local_orchestrator = Some(service_url);
-                let router = orchestrator
-                    .router()
-                    .route("/healthz", axum::routing::get(|| async { "ok" }))
-                    .route("/openapi.json", orchestrator_openapi(false));
-                let limits = config.listeners;
-                orchestrator_server = Some(tokio::spawn(async move {
-                    crate::listen::serve(l, router, limits, shutdown_signal()).await
-                }));
-            }
-            None => {
-                extra = extra
-                    .merge(orchestrator.router())
-                    .route("/openapi.json", orchestrator_openapi(true))
-            }
-        }
-    }
+/// Start the orchestrator: on its own listener in a combined node, on the main one
+/// otherwise. Returns its URL when the node's gateway should use it directly.
+async fn start_orchestrator(
+    config: &NodeConfig,
+    role: Role,
+    registry: &Arc<Registry>,
+    metrics: &prometheus::Registry,
+    http_url: &str,
+    started: &mut Started,
+) -> anyhow::Result<Option<String>> {
+    let (service_listener, service_url) = orchestrator_listener(config, role, http_url).await?;
+    let mut orch_config = orchestrator_config(config, &service_url);
     if role.gateway() {
-        let rtmp_addr = config
-            .gateway
-            .rtmp_addr
-            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1935)));
-        let rtmp = tokio::net::TcpListener::bind(rtmp_addr)
-            .await
-            .with_context(|| format!("binding RTMP at {rtmp_addr}"))?;
-        let rtmp_bound = rtmp.local_addr()?;
-        let mut gw_config = gateway_config(&config, &http_url, local_orchestrator)?;
-        if config.gateway.streams.rtmp_base == weir_gateway::StreamsConfig::default().rtmp_base {
-            gw_config.streams.rtmp_base = format!("rtmp://{rtmp_bound}/live");
-        }
-        let gateway = weir_gateway::Gateway::new(
-            gw_config,
-            registry.clone(),
-            open_ledger(&config, config.gateway.ledger_url.as_deref(), "gateway").await?,
-            &config.data_dir.join("wallet.key"),
-            &metrics,
-        )
-        .await
-        .context("starting the gateway")?;
-        ledgers.push(("gateway", gateway.ledger().clone()));
-        extra = extra.merge(gateway.router());
-        ready_line.push_str(&format!(" rtmp=rtmp://{rtmp_bound}"));
-        let handler = gateway.rtmp_handler();
-        let rtmp_limits = rtmp_limits(&config.gateway);
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = weir_media::rtmp::serve(rtmp, handler, rtmp_limits).await {
-                tracing::error!(error = %e, "RTMP server stopped");
-            }
-        }));
-        // Serve first, refresh in the background: orchestrators may start after us.
-        let g = gateway.clone();
-        tasks.push(tokio::spawn(async move {
-            let _refresh = g.start().await;
-            std::future::pending::<()>().await;
-        }));
+        // A combined node trusts its own gateway (whose key lives in the data dir).
+        let key = config.data_dir.join("wallet.key");
+        let wallet = weir_payments::credit::Wallet::load_or_create(&key)
+            .with_context(|| format!("gateway wallet {}", key.display()))?;
+        orch_config.trusted_senders.push(wallet.sender());
     }
+    let orchestrator = weir_orchestrator::Orchestrator::new(
+        orch_config,
+        registry.clone(),
+        open_ledger(
+            config,
+            config.orchestrator.ledger_url.as_deref(),
+            "orchestrator",
+        )
+        .await?,
+        metrics,
+    )
+    .await
+    .context("starting the orchestrator")?;
+    started.tasks.push(orchestrator.spawn_health_checks());
+    started.tasks.extend(orchestrator.spawn_byoc_tasks());
+    if let Some(media) = orchestrator.guest_media() {
+        registry.runtime().provide_media(media);
+    }
+    started
+        .ledgers
+        .push(("orchestrator", orchestrator.ledger().clone()));
+    let Some(l) = service_listener else {
+        started.extra = std::mem::take(&mut started.extra)
+            .merge(orchestrator.router())
+            .route("/openapi.json", orchestrator_openapi(true));
+        return Ok(None);
+    };
+    started
+        .ready_line
+        .push_str(&format!(" orchestrator={service_url}"));
+    let router = orchestrator
+        .router()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/openapi.json", orchestrator_openapi(false));
+    let limits = config.listeners;
+    started.orchestrator_server = Some(tokio::spawn(async move {
+        crate::listen::serve(l, router, limits, shutdown_signal()).await
+    }));
+    Ok(Some(service_url))
+}
 
+/// The orchestrator's own listener and URL in a combined node; in an orchestrator-only
+/// node, no listener and the main URL.
+async fn orchestrator_listener(
+    config: &NodeConfig,
+    role: Role,
+    http_url: &str,
+) -> anyhow::Result<(Option<tokio::net::TcpListener>, String)> {
+    if role != Role::Node {
+        return Ok((None, http_url.to_owned()));
+    }
+    let service_addr = config
+        .orchestrator
+        .service_addr
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let l = tokio::net::TcpListener::bind(service_addr)
+        .await
+        .with_context(|| format!("binding the orchestrator at {service_addr}"))?;
+    let url = format!("http://{}", l.local_addr()?);
+    Ok((Some(l), url))
+}
+
+/// Start the gateway and its RTMP listener; its orchestrators are refreshed in the
+/// background.
+async fn start_gateway(
+    config: &NodeConfig,
+    registry: &Arc<Registry>,
+    metrics: &prometheus::Registry,
+    http_url: &str,
+    local_orchestrator: Option<String>,
+    started: &mut Started,
+) -> anyhow::Result<()> {
+    let rtmp_addr = config
+        .gateway
+        .rtmp_addr
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 1935)));
+    let rtmp = tokio::net::TcpListener::bind(rtmp_addr)
+        .await
+        .with_context(|| format!("binding RTMP at {rtmp_addr}"))?;
+    let rtmp_bound = rtmp.local_addr()?;
+    let mut gw_config = gateway_config(config, http_url, local_orchestrator)?;
+    if config.gateway.streams.rtmp_base == weir_gateway::StreamsConfig::default().rtmp_base {
+        gw_config.streams.rtmp_base = format!("rtmp://{rtmp_bound}/live");
+    }
+    let gateway = weir_gateway::Gateway::new(
+        gw_config,
+        registry.clone(),
+        open_ledger(config, config.gateway.ledger_url.as_deref(), "gateway").await?,
+        &config.data_dir.join("wallet.key"),
+        metrics,
+    )
+    .await
+    .context("starting the gateway")?;
+    started.ledgers.push(("gateway", gateway.ledger().clone()));
+    started.extra = std::mem::take(&mut started.extra).merge(gateway.router());
+    started
+        .ready_line
+        .push_str(&format!(" rtmp=rtmp://{rtmp_bound}"));
+    let handler = gateway.rtmp_handler();
+    let rtmp_limits = rtmp_limits(&config.gateway);
+    started.tasks.push(tokio::spawn(async move {
+        if let Err(e) = weir_media::rtmp::serve(rtmp, handler, rtmp_limits).await {
+            tracing::error!(error = %e, "RTMP server stopped");
+        }
+    }));
+    // Serve first, refresh in the background: orchestrators may start after us.
+    let g = gateway.clone();
+    started.tasks.push(tokio::spawn(async move {
+        let _refresh = g.start().await;
+        std::future::pending::<()>().await;
+    }));
+    Ok(())
+}
+
+/// Print the ready line and serve HTTP until SIGINT/SIGTERM, then stop the role tasks.
+async fn serve_until_shutdown(
+    config: &NodeConfig,
+    role: Role,
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    metrics: prometheus::Registry,
+    started: Started,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     let state = AppState {
         registry,
         metrics,
-        admin_token: admin_token(&config)?.into(),
+        admin_token: admin_token(config)?.into(),
         router: config.router.as_str().into(),
         pricing: config.pricing.as_str().into(),
-        ledgers: ledgers.into(),
+        ledgers: started.ledgers.into(),
     };
     tracing::info!(%addr, ?role, "serving HTTP");
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{ready_line}")?;
+        writeln!(out, "{}", started.ready_line)?;
         out.flush()?;
     }
     crate::listen::serve(
         listener,
-        app(state, extra),
+        app(state, started.extra),
         config.listeners,
         shutdown_signal(),
     )
     .await
     .context("HTTP server")?;
-    if let Some(s) = orchestrator_server {
+    if let Some(s) = started.orchestrator_server {
         s.abort();
     }
-    for t in tasks {
+    for t in started.tasks {
         t.abort();
     }
     tracing::info!("stopped");

@@ -1,0 +1,349 @@
+//! The AI API: `POST /{capability}` runs one request on an orchestrator through the
+//! dispatcher; media in the answer are stored and served from `/results/{name}`.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use axum::Router;
+use base64::Engine as _;
+use weir_protocol::ai::{AudioResponse, ImageResponse, LlmChoice, LlmResponse};
+use weir_protocol::body::{parse_request, ParsedRequest};
+use weir_protocol::info::{CHARGE_HEADER, MODEL_HEADER};
+use weir_protocol::{AiHttpError, Capability};
+
+use crate::dispatch::{err, read_capped, Answer, Call, Choice, Dispatched, ORCHESTRATOR_HEADER};
+use crate::server::Gateway;
+
+/// An AI request served by an orchestrator.
+pub(crate) struct Served {
+    /// Who served it.
+    pub orchestrator: String,
+    /// The answer, media URLs rewritten to the gateway's own.
+    pub body: serde_json::Value,
+    /// What the gateway paid.
+    pub charge: u64,
+    /// Output units (pixels, samples…) the request was priced by.
+    pub units: u64,
+    /// The client asked for server-sent events.
+    pub stream: bool,
+}
+
+/// One AI request as the dispatcher sends it: the client's body to `/{capability}`, the
+/// answer's media stored before it is accepted.
+struct AiCall<'a> {
+    gateway: &'a Gateway,
+    parsed: &'a ParsedRequest,
+    content_type: &'a str,
+    body: &'a Bytes,
+    units: u64,
+    timeout: Duration,
+}
+
+impl Call for AiCall<'_> {
+    type Output = serde_json::Value;
+
+    fn capability(&self) -> &str {
+        self.parsed.request.capability().id()
+    }
+
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn request(&self, client: &reqwest::Client, choice: &Choice) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/{}", choice.url, self.capability()))
+            .header(header::CONTENT_TYPE, self.content_type)
+            .header(MODEL_HEADER, &choice.model)
+            .body(self.body.clone())
+    }
+
+    async fn accept(&self, answer: Answer) -> Result<serde_json::Value, String> {
+        // Store the media before paying: an answer that cannot be stored is not a result.
+        let v = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .map_err(|e| format!("invalid JSON: {e}"))?;
+        self.gateway
+            .store_results(self.parsed.request.capability(), v)
+            .await
+    }
+}
+
+impl Gateway {
+    async fn handle(
+        &self,
+        capability: Capability,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, AiHttpError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let served = self.serve_ai(capability, &content_type, body).await?;
+        let mut response = if served.stream {
+            sse(served.body)?
+        } else {
+            Json(served.body).into_response()
+        };
+        let h = response.headers_mut();
+        h.insert(CHARGE_HEADER, HeaderValue::from(served.charge));
+        if let Ok(v) = HeaderValue::from_str(&served.orchestrator) {
+            h.insert(ORCHESTRATOR_HEADER, v);
+        }
+        Ok(response)
+    }
+
+    /// Serve one AI request: validate it, choose orchestrators, pay and retry until one answers;
+    /// media in the answer are stored and their URLs rewritten to the gateway's own.
+    pub(crate) async fn serve_ai(
+        &self,
+        capability: Capability,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<Served, AiHttpError> {
+        let config = &self.inner.config;
+        let dispatcher = self.dispatcher();
+        let parsed = parse_request(
+            capability,
+            Some(content_type),
+            body.clone(),
+            config.max_file_bytes,
+        )
+        .await?;
+        let units = parsed
+            .request
+            .units(parsed.facts)
+            .map_err(|e| err(400, e))?;
+        let request_id = format!("req-{:016x}", rand::random::<u64>());
+
+        // Orchestrators answer whole LLM responses; the gateway streams them as events.
+        let stream = matches!(&parsed.request, weir_protocol::ai::AiRequest::Llm(l) if l.stream);
+        let body = if stream {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| err(400, e.to_string()))?;
+            v["stream"] = serde_json::Value::Bool(false);
+            Bytes::from(serde_json::to_vec(&v).map_err(|e| err(500, e.to_string()))?)
+        } else {
+            body
+        };
+
+        let job = weir_runtime::jobs::job_request(
+            &request_id,
+            &parsed.request,
+            parsed.facts,
+            units,
+            &dispatcher.payments().sender(),
+        );
+        let named = parsed.model_named.then(|| parsed.request.model_id());
+        let queue = dispatcher
+            .choose(capability.id(), named, capability.default_model(), job)
+            .await?
+            .into();
+        let call = AiCall {
+            gateway: self,
+            parsed: &parsed,
+            content_type,
+            body: &body,
+            units,
+            timeout: config.attempt_timeout,
+        };
+        let Dispatched {
+            choice,
+            output,
+            charge,
+            attempts,
+        } = dispatcher.run(&request_id, queue, &call).await?;
+        tracing::info!(request = %request_id, %capability, model = %choice.model, orchestrator = %choice.url, units, charge, attempts, warm = choice.warm, "request served");
+        Ok(Served {
+            orchestrator: choice.url,
+            body: output,
+            charge,
+            units,
+            stream,
+        })
+    }
+
+    /// Store every media object of an answer and rewrite its URL to the gateway's own.
+    async fn store_results(
+        &self,
+        capability: Capability,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        use weir_protocol::Capability as C;
+        let shape = |e: serde_json::Error| format!("not a {capability} answer: {e}");
+        match capability {
+            C::TextToImage | C::ImageToImage | C::Upscale | C::ImageToVideo => {
+                let mut r: ImageResponse = serde_json::from_value(body).map_err(shape)?;
+                if r.images.is_empty() {
+                    return Err("the answer holds no images".to_owned());
+                }
+                for m in &mut r.images {
+                    m.url = self.store_one(&m.url).await?;
+                }
+                serde_json::to_value(r).map_err(|e| e.to_string())
+            }
+            C::TextToSpeech => {
+                let mut r: AudioResponse = serde_json::from_value(body).map_err(shape)?;
+                r.audio.url = self.store_one(&r.audio.url).await?;
+                serde_json::to_value(r).map_err(|e| e.to_string())
+            }
+            _ => Ok(body),
+        }
+    }
+
+    async fn store_one(&self, url: &str) -> Result<String, String> {
+        let (content_type, data) = if let Some(rest) = url.strip_prefix("data:") {
+            let (meta, payload) = rest.split_once(',').ok_or("data URL without a comma")?;
+            let content_type = meta.trim_end_matches(";base64").to_owned();
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(payload)
+                .map_err(|e| format!("data URL: {e}"))?;
+            (content_type, Bytes::from(data))
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            self.fetch_result(url).await?
+        } else {
+            return Err(format!(
+                "unsupported result URL {:?}",
+                url.chars().take(40).collect::<String>()
+            ));
+        };
+        let name = self
+            .inner
+            .store
+            .put(&content_type, &data)
+            .await
+            .map_err(|e| format!("storing a result: {e}"))?;
+        Ok(format!(
+            "{}/results/{name}",
+            self.inner.config.public_url.trim_end_matches('/')
+        ))
+    }
+
+    /// The content type and bytes of a result an orchestrator serves at `url`.
+    async fn fetch_result(&self, url: &str) -> Result<(String, Bytes), String> {
+        let response = self
+            .dispatcher()
+            .client()
+            .get(url)
+            .timeout(self.inner.config.attempt_timeout)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: status {}", response.status()));
+        }
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        Ok((content_type, read_capped(response).await?))
+    }
+}
+
+/// A whole LLM answer as server-sent events: the content as one delta, then the finish
+/// reason with usage, then `[DONE]`.
+fn sse(body: serde_json::Value) -> Result<Response, AiHttpError> {
+    let whole: LlmResponse = serde_json::from_value(body)
+        .map_err(|e| err(502, format!("orchestrator sent an invalid LLM answer: {e}")))?;
+    let mut events = String::new();
+    let event =
+        |r: &LlmResponse| format!("data: {}\n\n", serde_json::to_string(r).unwrap_or_default());
+    for choice in &whole.choices {
+        let piece = LlmResponse {
+            choices: vec![LlmChoice {
+                index: choice.index,
+                message: None,
+                delta: choice.message.clone(),
+                finish_reason: None,
+            }],
+            usage: Default::default(),
+            ..whole.clone()
+        };
+        events.push_str(&event(&piece));
+    }
+    let last = LlmResponse {
+        choices: whole
+            .choices
+            .iter()
+            .map(|c| LlmChoice {
+                index: c.index,
+                message: None,
+                delta: None,
+                finish_reason: c.finish_reason.clone().or_else(|| Some("stop".to_owned())),
+            })
+            .collect(),
+        ..whole.clone()
+    };
+    events.push_str(&event(&last));
+    events.push_str("data: [DONE]\n\n");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from(events),
+    )
+        .into_response())
+}
+
+/// The AI API's route: `POST /{capability}`.
+pub(crate) fn routes() -> Router<Gateway> {
+    Router::new().route("/{capability}", post(ai))
+}
+
+/// The stored results' public route: `GET /results/{name}`.
+pub(crate) fn public_routes() -> Router<Gateway> {
+    Router::new().route("/results/{name}", get(result))
+}
+
+/// `POST /{capability}`.
+async fn ai(
+    State(g): State<Gateway>,
+    UrlPath(capability): UrlPath<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return AiHttpError::from(e).into_response(),
+    };
+    let Some(capability) = Capability::from_id(&capability) else {
+        return err(404, format!("no such endpoint `/{capability}`")).into_response();
+    };
+    let response = match g.handle(capability, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(%capability, error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    g.inner
+        .requests
+        .with_label_values(&[capability.id(), response.status().as_str()])
+        .inc();
+    response
+}
+
+/// `GET /results/{name}`.
+async fn result(State(g): State<Gateway>, UrlPath(name): UrlPath<String>) -> Response {
+    match g.inner.store.get(&name).await {
+        Some((content_type, data)) => {
+            ([(header::CONTENT_TYPE, content_type)], data).into_response()
+        }
+        None => err(404, format!("no result `{name}`")).into_response(),
+    }
+}

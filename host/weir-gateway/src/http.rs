@@ -1,0 +1,97 @@
+//! The gateway's HTTP surface: every feature's routes merged in one router, client
+//! authentication, CORS, `/gateway/orchestrators` and `/openapi.json`.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use crate::dispatch::err;
+use crate::server::Gateway;
+
+/// The HTTP routes of `g`: the features' client APIs behind the bearer token, pushed live
+/// segments behind it too (with their own body limit), and the public routes (HLS, results,
+/// objects, the OpenAPI document), with CORS as `cors_origins` says (see [`crate::cors`]).
+pub(crate) fn router(g: &Gateway) -> Router {
+    let config = &g.inner.config;
+    let api = Router::new()
+        .merge(crate::jobs::routes())
+        .merge(crate::ai::routes())
+        .route("/gateway/orchestrators", get(orchestrators))
+        .merge(crate::byoc::routes())
+        .merge(crate::ai_streams::routes())
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(g.clone(), require_client));
+    let push = crate::live::push_routes()
+        .layer(DefaultBodyLimit::max(config.live.max_push_bytes))
+        .layer(middleware::from_fn_with_state(g.clone(), require_client));
+    let public = crate::live::routes()
+        .merge(push)
+        .merge(crate::ai::public_routes())
+        .merge(crate::jobs::public_routes())
+        .route("/openapi.json", get(openapi))
+        .merge(api)
+        .with_state(g.clone());
+    match crate::cors::layer(&config.cors_origins) {
+        Some(cors) => public
+            .layer(cors)
+            .layer(middleware::from_fn(crate::cors::preflight_no_content)),
+        None => public,
+    }
+}
+
+async fn require_client(
+    State(g): State<Gateway>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let config = &g.inner.config;
+    if config.open {
+        return next.run(req).await;
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let jobs_api = req.uri().path().starts_with("/api/v1/");
+    match token {
+        Some(t)
+            if config
+                .auth_tokens
+                .iter()
+                .any(|k| weir_protocol::auth::constant_time_eq(k.as_bytes(), t.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        // Each API refuses in its own error shape: the jobs API's `{"error", "code"}`, the
+        // others' Livepeer `{"detail": {"msg"}}`.
+        Some(_) if jobs_api => crate::jobs::unauthorized("invalid bearer token"),
+        Some(_) => err(401, "invalid bearer token").into_response(),
+        None if jobs_api => crate::jobs::unauthorized(MISSING_TOKEN),
+        None => err(401, MISSING_TOKEN).into_response(),
+    }
+}
+
+const MISSING_TOKEN: &str = "missing bearer token: send Authorization: Bearer <token>";
+
+async fn orchestrators(State(g): State<Gateway>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "orchestrators": g.discovery().views() }))
+}
+
+/// `GET /openapi.json`: the gateway's APIs (AI, jobs, live, results, BYOC, AI streams) and the
+/// node's health and admin routes it is served beside; an open gateway documents no client
+/// token.
+async fn openapi(State(g): State<Gateway>) -> Response {
+    let mut doc = weir_protocol::openapi::gateway_document();
+    if let (Some(jobs), Some(paths)) = (g.inner.jobs.as_ref(), doc["paths"].as_object_mut()) {
+        paths.extend(crate::jobs::openapi_paths(jobs.catalog()));
+    }
+    if g.inner.config.open {
+        weir_protocol::openapi::without_auth(&mut doc);
+    }
+    (StatusCode::OK, Json(doc)).into_response()
+}

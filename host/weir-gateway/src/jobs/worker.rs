@@ -1,0 +1,603 @@
+//! The jobs' workers: claiming queued jobs under a lease, running them through the AI path,
+//! storing results, delivering webhooks, and the janitor.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use weir_jobs::catalog::{Kind, ModelSpec};
+use weir_jobs::store::{self, now_ms, Completion, DeliveryNext, Job, JobState, Lease, NewDelivery};
+use weir_jobs::webhook::Outcome;
+use weir_protocol::multipart;
+
+use super::{rfc3339, Jobs, UPSCALE_PROMPT};
+use crate::dispatch::message_of;
+use crate::server::Gateway;
+
+use super::http::status_body;
+
+impl Gateway {
+    pub(super) fn jobs(&self) -> Option<&Arc<Jobs>> {
+        self.inner.jobs.as_ref()
+    }
+
+    /// Start the workers, the webhook loop and the janitor.
+    pub(crate) fn spawn_jobs(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let Some(jobs) = self.jobs().cloned() else {
+            return Vec::new();
+        };
+        if jobs.catalog.ids().next().is_none() {
+            tracing::info!("no job models configured: the jobs API refuses submits");
+        }
+        let mut tasks = Vec::new();
+        for n in 0..jobs.config.workers.max(1) {
+            let g = self.clone();
+            tasks.push(tokio::spawn(async move { g.work(n).await }));
+        }
+        let g = self.clone();
+        tasks.push(tokio::spawn(async move { g.deliver_webhooks().await }));
+        let g = self.clone();
+        tasks.push(tokio::spawn(async move { g.janitor().await }));
+        tasks
+    }
+
+    async fn work(&self, n: u32) {
+        let Some(jobs) = self.jobs().cloned() else {
+            return;
+        };
+        let poll = Duration::from_millis(250 + u64::from(n) * 20);
+        loop {
+            let claimed = jobs
+                .store
+                .claim(
+                    &jobs.worker,
+                    now_ms(),
+                    jobs.lease(),
+                    jobs.config.tenant_concurrency.max(1),
+                )
+                .await;
+            match claimed {
+                Ok(Some(job)) => self.run_job(&jobs, job).await,
+                Ok(None) => {
+                    tokio::select! {
+                        () = jobs.wake.notified() => {}
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming a job failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Run one claimed job to an outcome (or give it up when the lease is lost).
+    async fn run_job(&self, jobs: &Arc<Jobs>, job: Job) {
+        let wait = (now_ms() - job.created_at).max(0) as f64 / 1000.0;
+        jobs.metrics
+            .wait
+            .with_label_values(&[&job.model])
+            .observe(wait);
+        if job.attempts > job.max_attempts {
+            let why = format!(
+                "gave up after {} runs (the gateway running it stopped each time)",
+                job.max_attempts
+            );
+            self.finish_failed(jobs, &job, &why).await;
+            return;
+        }
+        if job.cancel_requested != 0 {
+            self.finish_canceled(jobs, &job).await;
+            return;
+        }
+        tracing::info!(job = %job.id, model = %job.model, attempt = job.attempts, "job started");
+        let cancel = Arc::new(Notify::new());
+        jobs.running.lock().insert(job.id.clone(), cancel.clone());
+        let started = Instant::now();
+        let timeout = Duration::from_millis(u64::try_from(job.timeout_ms).unwrap_or(600_000));
+        // What the next heartbeat reports: 10 once dispatched, 90 once the answer is in.
+        let progress = std::sync::atomic::AtomicU8::new(10);
+        let mut run = Box::pin(tokio::time::timeout(
+            timeout,
+            self.execute(jobs, &job, &progress),
+        ));
+        let beat = jobs.lease() / 3;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut run => break Some(r.unwrap_or_else(|_| Err(RunError::Permanent(format!("the job ran past its {} s deadline", timeout.as_secs()))))),
+                () = cancel.notified() => break None,
+                () = tokio::time::sleep(beat) => {
+                    let done = progress.load(std::sync::atomic::Ordering::Relaxed);
+                    match jobs.store.heartbeat(&job.id, &jobs.worker, now_ms(), jobs.lease(), done).await {
+                        Ok(Lease::Held { cancel: false }) => {}
+                        Ok(Lease::Held { cancel: true }) => break None,
+                        Ok(Lease::Lost) => {
+                            tracing::warn!(job = %job.id, "lease lost to another worker; stopping this run");
+                            jobs.running.lock().remove(&job.id);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(job = %job.id, error = %e, "heartbeat failed"),
+                    }
+                }
+            }
+        };
+        // Dropping the run (cancel) drops the request to the orchestrator, which stops the
+        // work and frees its slot; the attempt's payment is taken back.
+        drop(run);
+        jobs.running.lock().remove(&job.id);
+        jobs.metrics
+            .run
+            .with_label_values(&[&job.model])
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            None => self.finish_canceled(jobs, &job).await,
+            Some(Ok(done)) => {
+                let payload = self
+                    .event_payload(jobs, &job, JobState::Completed, Some(&done), None)
+                    .await;
+                let webhook = self.delivery(&job, "job.completed", payload);
+                match jobs
+                    .store
+                    .complete(&job.id, &jobs.worker, now_ms(), done, webhook)
+                    .await
+                {
+                    Ok(true) => {
+                        jobs.metrics
+                            .outcomes
+                            .with_label_values(&[&job.model, "completed"])
+                            .inc();
+                        tracing::info!(job = %job.id, ms = started.elapsed().as_millis() as u64, "job completed");
+                    }
+                    Ok(false) => {
+                        tracing::warn!(job = %job.id, "job finished after its lease was lost; result dropped")
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %job.id, error = %e, "recording a completion failed; the job will run again")
+                    }
+                }
+                jobs.wake.notify_waiters();
+            }
+            Some(Err(RunError::Transient(why))) if job.attempts < job.max_attempts => {
+                let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+                let retry_at = now_ms()
+                    + i64::try_from(store::backoff(attempts).as_millis()).unwrap_or(60_000);
+                jobs.metrics
+                    .outcomes
+                    .with_label_values(&[&job.model, "retried"])
+                    .inc();
+                tracing::warn!(job = %job.id, error = %why, attempt = job.attempts, "job run failed; retrying later");
+                if let Err(e) = jobs
+                    .store
+                    .fail(&job.id, &jobs.worker, now_ms(), &why, Some(retry_at), None)
+                    .await
+                {
+                    tracing::error!(job = %job.id, error = %e, "recording a retry failed");
+                }
+            }
+            Some(Err(RunError::Transient(why) | RunError::Permanent(why))) => {
+                self.finish_failed(jobs, &job, &why).await;
+            }
+        }
+    }
+
+    async fn finish_failed(&self, jobs: &Arc<Jobs>, job: &Job, why: &str) {
+        let payload = self
+            .event_payload(jobs, job, JobState::Failed, None, Some(why))
+            .await;
+        let webhook = self.delivery(job, "job.failed", payload);
+        jobs.metrics
+            .outcomes
+            .with_label_values(&[&job.model, "failed"])
+            .inc();
+        tracing::warn!(job = %job.id, error = %why, "job failed");
+        if let Err(e) = jobs
+            .store
+            .fail(&job.id, &jobs.worker, now_ms(), why, None, webhook)
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "recording a failure failed");
+        }
+        jobs.wake.notify_waiters();
+    }
+
+    async fn finish_canceled(&self, jobs: &Arc<Jobs>, job: &Job) {
+        let payload = self
+            .event_payload(jobs, job, JobState::Canceled, None, None)
+            .await;
+        let webhook = self.delivery(job, "job.canceled", payload);
+        jobs.metrics
+            .outcomes
+            .with_label_values(&[&job.model, "canceled"])
+            .inc();
+        tracing::info!(job = %job.id, "job canceled while running; its work was stopped");
+        if let Err(e) = jobs
+            .store
+            .finish_canceled(&job.id, &jobs.worker, now_ms(), webhook)
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "recording a cancel failed");
+        }
+        jobs.wake.notify_waiters();
+    }
+
+    pub(super) fn delivery(&self, job: &Job, event: &str, payload: Value) -> Option<NewDelivery> {
+        job.webhook_url.as_ref().map(|url| NewDelivery {
+            id: format!("msg_{:032x}", rand::random::<u128>()),
+            event: event.to_owned(),
+            url: url.clone(),
+            payload: payload.to_string(),
+        })
+    }
+
+    /// The webhook body of an event: `{type, timestamp, data}` with `data` the job's status.
+    pub(super) async fn event_payload(
+        &self,
+        jobs: &Jobs,
+        job: &Job,
+        state: JobState,
+        done: Option<&Completion>,
+        error: Option<&str>,
+    ) -> Value {
+        let now = now_ms();
+        let mut j = job.clone();
+        j.state = state.as_str().to_owned();
+        j.finished_at = Some(now);
+        j.error = error.map(str::to_owned);
+        if let Some(d) = done {
+            j.result = Some(d.result.to_string());
+            j.charge = i64::try_from(d.charge).ok();
+            j.gpu_ms = i64::try_from(d.gpu_ms).ok();
+            j.output_units = i64::try_from(d.output_units).ok();
+            j.expires_at = Some(d.expires_at);
+        }
+        let data = status_body(jobs, &j, None).await;
+        json!({
+            "type": format!("job.{}", state.as_str()),
+            "timestamp": rfc3339(now),
+            "data": data,
+        })
+    }
+
+    /// One run: build the AI request from the stored parameters and inputs, dispatch it like a
+    /// synchronous request (selection, payment, retries), store the output.
+    async fn execute(
+        &self,
+        jobs: &Jobs,
+        job: &Job,
+        progress: &std::sync::atomic::AtomicU8,
+    ) -> Result<Completion, RunError> {
+        let Some((spec, kind)) = jobs.catalog.get(&job.model) else {
+            return Err(RunError::Permanent(format!(
+                "model `{}` is no longer configured",
+                job.model
+            )));
+        };
+        let params = job
+            .params()
+            .map_err(|e| RunError::Permanent(e.to_string()))?;
+        let (content_type, body) = self.ai_request(jobs, spec, kind, &params).await?;
+        let capability =
+            weir_protocol::Capability::from_id(kind.capability()).ok_or_else(|| {
+                RunError::Permanent(format!("capability `{}` unknown", kind.capability()))
+            })?;
+        let started = Instant::now();
+        let served = self
+            .serve_ai(capability, &content_type, body)
+            .await
+            .map_err(|e| {
+                let msg = message_of(&e);
+                if e.status >= 500 || e.status == 429 || e.status == 408 {
+                    RunError::Transient(msg)
+                } else {
+                    RunError::Permanent(msg)
+                }
+            })?;
+        let gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        progress.store(90, std::sync::atomic::Ordering::Relaxed);
+        let result = self.job_result(jobs, kind, &served.body).await?;
+        let ttl =
+            i64::try_from(jobs.config.result_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Ok(Completion {
+            result,
+            charge: served.charge,
+            gpu_ms,
+            output_units: served.units,
+            orchestrator: served.orchestrator,
+            expires_at: now_ms().saturating_add(ttl),
+        })
+    }
+
+    async fn ai_request(
+        &self,
+        jobs: &Jobs,
+        spec: &ModelSpec,
+        kind: Kind,
+        params: &Value,
+    ) -> Result<(String, Bytes), RunError> {
+        let p = |k: &str| params.get(k).cloned().unwrap_or(Value::Null);
+        let text = |k: &str| {
+            params
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let model_id = spec.model_id.clone();
+        if kind == Kind::TextToImage {
+            let mut body = json!({
+                "prompt": p("prompt"),
+                "negative_prompt": text("negativePrompt"),
+                "width": p("width"),
+                "height": p("height"),
+                "num_inference_steps": p("steps"),
+                "guidance_scale": p("guidanceScale"),
+            });
+            if let Some(seed) = params.get("seed").filter(|s| !s.is_null()) {
+                body["seed"] = seed.clone();
+            }
+            if let Some(m) = model_id {
+                body["model_id"] = Value::String(m);
+            }
+            return Ok(("application/json".to_owned(), Bytes::from(body.to_string())));
+        }
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if let Some(m) = &model_id {
+            fields.push(("model_id", m.clone()));
+        }
+        match kind {
+            Kind::ImageToImage => {
+                fields.push(("prompt", text("prompt")));
+                fields.push(("negative_prompt", text("negativePrompt")));
+                fields.push(("strength", p("strength").to_string()));
+                fields.push(("num_inference_steps", p("steps").to_string()));
+            }
+            Kind::ImageToVideo => {
+                for (k, wire) in [("width", "width"), ("height", "height"), ("fps", "fps")] {
+                    fields.push((wire, p(k).to_string()));
+                }
+            }
+            Kind::Upscale => {
+                // Livepeer's upscale takes a guidance prompt; the job schema makes it optional.
+                let prompt = text("prompt");
+                let prompt = if prompt.trim().is_empty() {
+                    UPSCALE_PROMPT.to_owned()
+                } else {
+                    prompt
+                };
+                fields.push(("prompt", prompt));
+            }
+            _ => {}
+        }
+        if let Some(seed) = params.get("seed").and_then(Value::as_u64) {
+            fields.push(("seed", seed.to_string()));
+        }
+        let mut parts: Vec<multipart::Part> = fields
+            .into_iter()
+            .map(|(name, value)| multipart::Part {
+                headers: vec![(
+                    "content-disposition".to_owned(),
+                    format!("form-data; name=\"{name}\""),
+                )],
+                data: Bytes::from(value),
+            })
+            .collect();
+        let inputs = params
+            .get("inputs")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        for (part, key) in inputs {
+            let key = key.as_str().unwrap_or_default();
+            let object = jobs
+                .storage
+                .get(key)
+                .await
+                .map_err(|e| RunError::Transient(format!("reading input `{part}`: {e}")))?
+                .ok_or_else(|| {
+                    RunError::Permanent(format!("input `{part}` is gone from storage"))
+                })?;
+            parts.push(multipart::Part {
+                headers: vec![
+                    (
+                        "content-disposition".to_owned(),
+                        format!("form-data; name=\"{part}\"; filename=\"{part}\""),
+                    ),
+                    ("content-type".to_owned(), object.content_type.clone()),
+                ],
+                data: object.data,
+            });
+        }
+        let boundary = multipart::boundary();
+        Ok((
+            format!("multipart/form-data; boundary={boundary}"),
+            multipart::write(&boundary, &parts),
+        ))
+    }
+
+    /// The job's result: the output stored under `results/…` with its facts.
+    async fn job_result(&self, jobs: &Jobs, kind: Kind, body: &Value) -> Result<Value, RunError> {
+        let shape =
+            |what: &str| RunError::Transient(format!("the orchestrator's answer has no {what}"));
+        let (content_type, data) = if kind == Kind::AudioToText {
+            let text = body.get("text").ok_or_else(|| shape("text"))?;
+            let data = serde_json::to_vec(
+                &json!({"text": text, "chunks": body.get("chunks").cloned().unwrap_or(json!([]))}),
+            )
+            .map_err(|e| RunError::Permanent(e.to_string()))?;
+            ("application/json".to_owned(), Bytes::from(data))
+        } else {
+            let url = body
+                .pointer("/images/0/url")
+                .and_then(Value::as_str)
+                .ok_or_else(|| shape("image"))?;
+            let name = url.rsplit('/').next().unwrap_or_default();
+            let (ct, data) =
+                self.inner.store.get(name).await.ok_or_else(|| {
+                    RunError::Transient(format!("stored output `{name}` is missing"))
+                })?;
+            (ct.to_owned(), Bytes::from(data))
+        };
+        let ext = content_type
+            .rsplit('/')
+            .next()
+            .unwrap_or("bin")
+            .replace("jpeg", "jpg");
+        let key = format!("results/job-outputs/{:032x}.{ext}", rand::random::<u128>());
+        jobs.storage
+            .put(&key, &content_type, data.clone())
+            .await
+            .map_err(|e| RunError::Transient(format!("storing the result: {e}")))?;
+        let mut result = json!({
+            "key": key,
+            "contentType": content_type,
+            "fileSizeBytes": data.len(),
+        });
+        if let Ok(size) = imagesize::blob_size(&data) {
+            result["width"] = json!(size.width);
+            result["height"] = json!(size.height);
+        }
+        if content_type.starts_with("video/") {
+            let probed = data.clone();
+            let info =
+                tokio::task::spawn_blocking(move || weir_media::transcode::probe(&probed)).await;
+            if let Ok(Ok(info)) = info {
+                if let Some(v) = &info.video {
+                    result["width"] = json!(v.width);
+                    result["height"] = json!(v.height);
+                }
+                result["durationMs"] = json!(info.duration_ms);
+            }
+        }
+        if kind == Kind::AudioToText {
+            result["text"] = body.get("text").cloned().unwrap_or(Value::Null);
+        }
+        Ok(result)
+    }
+
+    async fn deliver_webhooks(&self) {
+        let Some(jobs) = self.jobs().cloned() else {
+            return;
+        };
+        let lease = Duration::from_secs(jobs.config.webhook_timeout_secs.max(1) * 2 + 5);
+        loop {
+            let due = match jobs.store.due_deliveries(now_ms(), lease, 16).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading due webhooks failed");
+                    Vec::new()
+                }
+            };
+            if due.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            let sends = due.into_iter().map(|d| {
+                let jobs = jobs.clone();
+                async move {
+                    let attempt = u32::try_from(d.attempts).unwrap_or(0) + 1;
+                    let started = Instant::now();
+                    let outcome = jobs.webhooks.send(&d.url, &jobs.secret, &d.id, d.payload.as_bytes()).await;
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+                    let at = now_ms();
+                    let (status, error, next) = match &outcome {
+                        Outcome::Delivered { status } => (Some(*status), None, DeliveryNext::Delivered),
+                        Outcome::Disabled { status } => (Some(*status), Some("endpoint answered 410 Gone: disabled".to_owned()), DeliveryNext::Disabled),
+                        Outcome::Failed { status, error, retry_after } => {
+                            let next = match jobs.schedule.next_delay(attempt, *retry_after) {
+                                Some(d) => DeliveryNext::RetryAt(at + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
+                                None => DeliveryNext::Failed,
+                            };
+                            (*status, Some(error.clone()), next)
+                        }
+                    };
+                    let label = match next {
+                        DeliveryNext::Delivered => "delivered",
+                        DeliveryNext::RetryAt(_) => "retry",
+                        DeliveryNext::Failed => "failed",
+                        DeliveryNext::Disabled => "disabled",
+                    };
+                    jobs.metrics.webhooks.with_label_values(&[label]).inc();
+                    if next != DeliveryNext::Delivered {
+                        tracing::warn!(webhook = %d.id, job = %d.job_id, attempt, ?status, error = error.as_deref().unwrap_or(""), outcome = label, "webhook not delivered");
+                    }
+                    if let Err(e) = jobs.store.record_attempt(&d.id, attempt, at, status, error.as_deref(), took, next).await {
+                        tracing::error!(webhook = %d.id, error = %e, "recording a webhook attempt failed");
+                    }
+                }
+            });
+            futures_util::future::join_all(sends).await;
+        }
+    }
+
+    /// Reclaim jobs of crashed gateways, delete expired results, refresh the queue gauges.
+    async fn janitor(&self) {
+        let Some(jobs) = self.jobs().cloned() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            match jobs.store.reclaim_expired(now_ms()).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(
+                        jobs = ids.len(),
+                        "requeued jobs whose worker stopped renewing its lease"
+                    );
+                    jobs.wake.notify_waiters();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "reclaiming jobs failed"),
+            }
+            if let Ok(expired) = jobs.store.expired_results(now_ms(), 100).await {
+                for job in expired {
+                    let keys = result_keys(&job);
+                    let mut ok = true;
+                    for key in keys {
+                        if let Err(e) = jobs.storage.delete(&key).await {
+                            tracing::warn!(job = %job.id, %key, error = %e, "deleting an expired object failed");
+                            ok = false;
+                        }
+                    }
+                    if ok {
+                        let _ = jobs.store.clear_result(&job.id).await;
+                    }
+                }
+            }
+            if let Ok(counts) = jobs.store.counts().await {
+                for (state, n) in counts {
+                    jobs.metrics
+                        .queue
+                        .with_label_values(&[state.as_str()])
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+}
+
+/// The objects a job owns: its result and its stored inputs.
+fn result_keys(job: &Job) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Ok(Some(r)) = job.result() {
+        if let Some(k) = r.get("key").and_then(Value::as_str) {
+            keys.push(k.to_owned());
+        }
+    }
+    if let Ok(p) = job.params() {
+        if let Some(inputs) = p.get("inputs").and_then(Value::as_object) {
+            keys.extend(inputs.values().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    keys
+}
+
+/// Why a run did not complete.
+enum RunError {
+    /// Worth another run later (no orchestrator free, a 5xx, a timeout).
+    Transient(String),
+    /// Running it again would fail the same way.
+    Permanent(String),
+}

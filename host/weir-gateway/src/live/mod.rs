@@ -1,0 +1,736 @@
+//! Live video on the gateway: RTMP publishes and HTTP-pushed segments become MPEG-TS segments,
+//! each transcoded to the stream's ladder on an orchestrator (chosen, paid and retried like an
+//! AI request), and served as HLS.
+//!
+//! - RTMP: `rtmp://host/live/{stream}`; the stream key names the stream (its manifest id).
+//! - HTTP push: `POST|PUT /live/{stream}/{seq}.ts` (or `.mp4`), Livepeer's headers
+//!   (`Content-Duration`, `Accept: multipart/mixed` for the renditions in the answer).
+//! - HLS: `/stream/{stream}.m3u8` (master), `/stream/{stream}/{rendition}.m3u8` (media),
+//!   `/stream/{stream}/{rendition}/{msn}.ts`; the source is listed as rendition `source`.
+//!
+//! A segment no orchestrator could transcode is still listed in the source rendition, and the
+//! next transcoded segment of each ladder rendition is marked as a discontinuity.
+
+mod ai_output;
+mod http;
+mod remote;
+
+pub(crate) use http::{push_routes, routes};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Bytes;
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use weir_media::hls::{self, MediaPlaylist, Variant};
+use weir_media::llhls::{ts_to_fmp4, Fmp4Segment, LlPlaylist};
+use weir_media::packet::IngestEvent;
+use weir_media::profile::Profile;
+use weir_media::segmenter::Segmenter;
+use weir_media::transcode::Rendition;
+use weir_protocol::AiHttpError;
+
+use crate::dispatch::err;
+use crate::record::{RecordedVariant, Recorder};
+use crate::server::Gateway;
+
+/// Settings of live video on the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveConfig {
+    /// The ladder every stream gets unless its auth webhook names another
+    /// (`transcodingOptions`).
+    pub profiles: Vec<Profile>,
+    /// Target segment length (segments are cut on the first keyframe after it).
+    pub segment: Duration,
+    /// Segments listed in each media playlist.
+    pub window: usize,
+    /// Streams live at once (Livepeer's `maxSessions`).
+    pub max_sessions: usize,
+    /// A URL asked to accept or refuse each new stream (Livepeer's `authWebhookUrl`).
+    pub auth_webhook_url: Option<String>,
+    /// A pushed stream with no new segment for this long has ended.
+    pub push_idle: Duration,
+    /// Largest pushed segment.
+    pub max_push_bytes: usize,
+    /// How long an ended stream's playlists stay served.
+    pub keep_ended: Duration,
+    /// Target length of a low-latency HLS part.
+    pub part: Duration,
+    /// Where streams are recorded (source and renditions), when they are.
+    pub record_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            profiles: weir_media::profile::default_ladder(),
+            segment: Duration::from_secs(2),
+            window: 6,
+            max_sessions: 10,
+            auth_webhook_url: None,
+            push_idle: Duration::from_secs(60),
+            max_push_bytes: 64 << 20,
+            keep_ended: Duration::from_secs(120),
+            part: Duration::from_millis(500),
+            record_dir: None,
+        }
+    }
+}
+
+/// One rendition's playlist and what the master playlist says of it.
+struct Track {
+    name: String,
+    playlist: MediaPlaylist,
+    /// The same segments as fMP4 with parts, for low-latency HLS.
+    ll: LlPlaylist,
+    codecs: Option<String>,
+    resolution: Option<(u32, u32)>,
+    frame_rate: Option<f64>,
+    /// Size and frame rate come from probing the segments (the source), not from a profile.
+    probed: bool,
+    nominal_bps: u64,
+    /// A segment was skipped: mark the next one.
+    gap: bool,
+    /// A segment could not be packaged as fMP4: mark the next low-latency one.
+    ll_gap: bool,
+}
+
+impl Track {
+    fn new(name: &str, config: &LiveConfig, nominal_bps: u64) -> Track {
+        Track {
+            name: name.to_owned(),
+            playlist: MediaPlaylist::new(config.window, config.segment),
+            ll: LlPlaylist::new(config.window, config.segment, config.part),
+            codecs: None,
+            resolution: None,
+            frame_rate: None,
+            probed: false,
+            nominal_bps,
+            gap: false,
+            ll_gap: false,
+        }
+    }
+
+    fn push(
+        &mut self,
+        duration: Duration,
+        at: SystemTime,
+        discontinuity: bool,
+        data: Bytes,
+        fmp4: Option<Fmp4Segment>,
+    ) {
+        if self.codecs.is_none() {
+            self.codecs = hls::avc_codec(&data).map(|v| format!("{v},mp4a.40.2"));
+        }
+        let gap = std::mem::take(&mut self.gap);
+        self.playlist.push(duration, at, discontinuity || gap, data);
+        let ll_gap = std::mem::take(&mut self.ll_gap);
+        if let Some(video) = fmp4.as_ref().and_then(|s| s.video).filter(|_| self.probed) {
+            self.resolution = Some((video.width, video.height));
+            self.frame_rate = Some(video.frame_rate);
+        }
+        match fmp4 {
+            Some(seg) => {
+                self.ll
+                    .push_segment(seg, at, discontinuity || gap || ll_gap);
+            }
+            None => self.ll_gap = true,
+        }
+    }
+
+    fn end(&mut self) {
+        self.playlist.end();
+        self.ll.end();
+    }
+
+    fn resume(&mut self) {
+        self.playlist.resume();
+        self.ll.resume();
+    }
+
+    fn variant(&self, stream: &str) -> Variant {
+        let bandwidth = match self.playlist.peak_bps() {
+            0 => self.nominal_bps,
+            peak => peak,
+        };
+        Variant {
+            uri: format!("{stream}/{}.m3u8", self.name),
+            bandwidth,
+            average_bandwidth: match self.playlist.average_bps() {
+                0 => Some(self.nominal_bps),
+                average => Some(average),
+            },
+            codecs: self
+                .codecs
+                .clone()
+                .unwrap_or_else(|| "avc1.64001f,mp4a.40.2".to_owned()),
+            resolution: self.resolution,
+            frame_rate: self.frame_rate,
+        }
+    }
+}
+
+struct StreamState {
+    /// Bumped by every (re)publish; work of an older generation is dropped.
+    generation: u64,
+    source: Track,
+    renditions: Vec<Track>,
+    /// Wall clock of media time 0 (set by the first segment).
+    epoch: Option<(SystemTime, i64)>,
+    /// The next segment follows a break (a reconnect).
+    discontinuity: bool,
+    next_seq: u64,
+    last_active: Instant,
+    /// An RTMP connection feeds the stream.
+    connected: bool,
+    ended_at: Option<Instant>,
+}
+
+impl StreamState {
+    /// The ladder's renditions and the source.
+    fn tracks_mut(&mut self) -> impl Iterator<Item = &mut Track> {
+        self.renditions
+            .iter_mut()
+            .chain(std::iter::once(&mut self.source))
+    }
+
+    /// The track named `name`.
+    fn track(&self, name: &str) -> Option<&Track> {
+        self.renditions
+            .iter()
+            .chain(std::iter::once(&self.source))
+            .find(|t| t.name == name)
+    }
+}
+
+/// A live stream and its playlists.
+pub(crate) struct LiveStream {
+    id: String,
+    profiles: Vec<Profile>,
+    /// The HLS output of a live AI stream: those are limited by `[gateway.streams]
+    /// max_streams`, not by this gateway's `max_sessions` of transcoded streams.
+    ai_output: bool,
+    state: Mutex<StreamState>,
+}
+
+impl LiveStream {
+    fn new(id: &str, profiles: Vec<Profile>, ai_output: bool, config: &LiveConfig) -> LiveStream {
+        let renditions = profiles
+            .iter()
+            .map(|p| {
+                let mut t = Track::new(&p.name, config, p.bitrate + 128_000);
+                t.resolution = Some((p.width, p.height));
+                t.frame_rate = Some(p.fps_f64());
+                t
+            })
+            .collect();
+        LiveStream {
+            id: id.to_owned(),
+            profiles,
+            ai_output,
+            state: Mutex::new(StreamState {
+                generation: 0,
+                source: Track {
+                    probed: true,
+                    ..Track::new("source", config, 0)
+                },
+                renditions,
+                epoch: None,
+                discontinuity: false,
+                next_seq: 0,
+                last_active: Instant::now(),
+                connected: false,
+                ended_at: None,
+            }),
+        }
+    }
+
+    /// The master playlist: plain HLS (`{stream}/{rendition}.m3u8`), or low-latency HLS
+    /// (`{rendition}/ll.m3u8`, relative to `/stream/{stream}/ll.m3u8`).
+    fn master(&self, low_latency: bool) -> String {
+        let s = self.state.lock();
+        let mut tracks: Vec<&Track> = s.renditions.iter().collect();
+        if s.source.playlist.listed().next().is_some() {
+            tracks.push(&s.source);
+        }
+        let variants: Vec<Variant> = tracks
+            .iter()
+            .map(|t| {
+                let mut v = t.variant(&self.id);
+                if low_latency {
+                    v.uri = format!("{}/ll.m3u8", t.name);
+                }
+                v
+            })
+            .collect();
+        hls::master_playlist(&variants)
+    }
+}
+
+/// The live streams of a gateway.
+pub(crate) struct Streams {
+    config: LiveConfig,
+    recorder: Option<Arc<Recorder>>,
+    map: Mutex<HashMap<String, Arc<LiveStream>>>,
+    segments: prometheus::IntCounterVec,
+    live: prometheus::IntGauge,
+}
+
+impl Streams {
+    pub(crate) fn new(
+        config: LiveConfig,
+        metrics: &prometheus::Registry,
+    ) -> Result<Streams, prometheus::Error> {
+        let segments = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "weir_live_segments_total",
+                "Live segments by outcome (transcoded, untranscoded, dropped)",
+            ),
+            &["outcome"],
+        )?;
+        let live = prometheus::IntGauge::new("weir_live_streams", "Live streams being ingested")?;
+        metrics.register(Box::new(segments.clone()))?;
+        metrics.register(Box::new(live.clone()))?;
+        Ok(Streams {
+            recorder: config
+                .record_dir
+                .clone()
+                .map(|dir| Arc::new(Recorder::new(dir))),
+            config,
+            map: Mutex::new(HashMap::new()),
+            segments,
+            live,
+        })
+    }
+
+    fn get(&self, id: &str) -> Option<Arc<LiveStream>> {
+        self.map.lock().get(id).cloned()
+    }
+
+    fn active(&self) -> usize {
+        self.map
+            .lock()
+            .values()
+            .filter(|s| s.state.lock().ended_at.is_none())
+            .count()
+    }
+}
+
+/// What an auth webhook may answer (Livepeer's field names).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthAnswer {
+    #[serde(default, rename = "manifestID")]
+    manifest_id: Option<String>,
+    #[serde(default)]
+    presets: Vec<String>,
+    #[serde(default)]
+    profiles: Option<serde_json::Value>,
+}
+
+/// A stream id is a path segment in every playlist URL: keep it tame.
+fn valid_stream_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Gateway {
+    fn streams(&self) -> &Streams {
+        &self.inner.streams
+    }
+
+    /// Ask the auth webhook (if any) about stream `key` published at `url`: the stream id and
+    /// ladder to use, or why not.
+    async fn authorize_stream(
+        &self,
+        url: &str,
+        key: &str,
+    ) -> Result<(String, Vec<Profile>), String> {
+        let config = &self.streams().config;
+        let Some(hook) = &config.auth_webhook_url else {
+            if !valid_stream_id(key) {
+                return Err(format!(
+                    "stream key `{key}` is not a valid stream id (1-128 of A-Z a-z 0-9 - _)"
+                ));
+            }
+            return Ok((key.to_owned(), config.profiles.clone()));
+        };
+        let answer = self
+            .dispatcher()
+            .client()
+            .post(hook)
+            .json(&serde_json::json!({ "url": url }))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("auth webhook unreachable: {e}"))?;
+        if !answer.status().is_success() {
+            return Err(format!(
+                "auth webhook refused the stream ({})",
+                answer.status()
+            ));
+        }
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| format!("auth webhook answer: {e}"))?;
+        let answer: AuthAnswer = if body.iter().all(u8::is_ascii_whitespace) {
+            AuthAnswer::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| format!("auth webhook answer: {e}"))?
+        };
+        let id = answer.manifest_id.unwrap_or_else(|| key.to_owned());
+        if !valid_stream_id(&id) {
+            return Err(format!("auth webhook named an invalid stream id `{id}`"));
+        }
+        let profiles = if let Some(p) = answer.profiles {
+            let text = p.to_string();
+            weir_media::profile::parse_profiles(&text)
+                .map_err(|e| format!("auth webhook profiles: {e}"))?
+        } else if !answer.presets.is_empty() {
+            weir_media::profile::parse_profiles(&answer.presets.join(","))
+                .map_err(|e| format!("auth webhook presets: {e}"))?
+        } else {
+            config.profiles.clone()
+        };
+        Ok((id, profiles))
+    }
+
+    /// The stream `id`, made (or revived) for a new publish: its generation for this publish.
+    /// `ai_output` streams are the HLS output of live AI streams, which are not sessions.
+    fn open_stream(
+        &self,
+        id: &str,
+        profiles: Vec<Profile>,
+        connected: bool,
+        ai_output: bool,
+    ) -> Result<(Arc<LiveStream>, u64), String> {
+        let streams = self.streams();
+        // Checked and taken under one lock: two publishes cannot both take the last session.
+        let stream = {
+            let mut map = streams.map.lock();
+            let is_live = |s: &Arc<LiveStream>| s.state.lock().ended_at.is_none();
+            let existing = map.get(id).cloned();
+            if !ai_output && existing.as_ref().is_none_or(|s| !is_live(s)) {
+                let active = map.values().filter(|s| !s.ai_output && is_live(s)).count();
+                if active >= streams.config.max_sessions {
+                    return Err(format!(
+                        "no sessions available: {active} streams are live (max_sessions)"
+                    ));
+                }
+            }
+            match existing {
+                // Same ladder: continue the playlists (a reconnect, or a pushed stream).
+                Some(s) if s.profiles == profiles => s,
+                _ => {
+                    let s = Arc::new(LiveStream::new(id, profiles, ai_output, &streams.config));
+                    map.insert(id.to_owned(), s.clone());
+                    s
+                }
+            }
+        };
+        let generation = {
+            let mut st = stream.state.lock();
+            let revived = st.ended_at.take().is_some();
+            if connected || revived {
+                // A new publisher: its clock starts again, so the next segment is a
+                // discontinuity with a fresh wall-clock anchor; the playlists go on.
+                st.generation += 1;
+                st.discontinuity = st.next_seq > 0;
+                st.epoch = None;
+            }
+            if revived {
+                for t in st.tracks_mut() {
+                    t.resume();
+                }
+            }
+            st.connected = connected;
+            st.last_active = Instant::now();
+            st.generation
+        };
+        streams.live.set(streams.active() as i64);
+        Ok((stream, generation))
+    }
+
+    fn end_stream(&self, stream: &LiveStream, generation: u64) {
+        let mut st = stream.state.lock();
+        if st.generation != generation || st.ended_at.is_some() {
+            return;
+        }
+        st.connected = false;
+        st.ended_at = Some(Instant::now());
+        for t in st.tracks_mut() {
+            t.end();
+        }
+        let variants: Vec<RecordedVariant> = st
+            .renditions
+            .iter()
+            .chain(std::iter::once(&st.source))
+            .map(|t| RecordedVariant {
+                name: t.name.clone(),
+                variant: t.variant(&stream.id),
+            })
+            .collect();
+        drop(st);
+        if let Some(recorder) = &self.streams().recorder {
+            recorder.finish(&stream.id, variants);
+        }
+        tracing::info!(stream = %stream.id, "stream ended");
+        self.streams().live.set(self.streams().active() as i64);
+    }
+
+    /// End idle pushed streams and forget long-ended ones, periodically.
+    pub(crate) fn spawn_live_janitor(&self) -> tokio::task::JoinHandle<()> {
+        let g = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let config = &g.streams().config;
+                let all: Vec<Arc<LiveStream>> = g.streams().map.lock().values().cloned().collect();
+                for s in all {
+                    let (idle, generation, ended) = {
+                        let st = s.state.lock();
+                        (
+                            !st.connected && st.last_active.elapsed() >= config.push_idle,
+                            st.generation,
+                            st.ended_at,
+                        )
+                    };
+                    match ended {
+                        None if idle => g.end_stream(&s, generation),
+                        Some(at) if at.elapsed() >= config.keep_ended => {
+                            g.streams().map.lock().retain(|_, v| !Arc::ptr_eq(v, &s));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+    }
+
+    /// Read events from one RTMP publish until it ends, segmenting and transcoding.
+    async fn run_ingest(
+        self,
+        stream: Arc<LiveStream>,
+        generation: u64,
+        mut events: mpsc::Receiver<IngestEvent>,
+    ) {
+        let mut segmenter = Segmenter::new(self.streams().config.segment);
+        let (segments, mut queue) = mpsc::channel::<weir_media::segmenter::Segment>(8);
+        let worker = {
+            let g = self.clone();
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                while let Some(seg) = queue.recv().await {
+                    if stream.state.lock().generation != generation {
+                        break;
+                    }
+                    let duration = Duration::from_millis(seg.duration_ms);
+                    if let Err(e) = g
+                        .publish_segment(&stream, generation, seg.start_ms, duration, seg.data)
+                        .await
+                    {
+                        tracing::warn!(stream = %stream.id, error = %e, "segment listed untranscoded");
+                    }
+                }
+            })
+        };
+        while let Some(event) = events.recv().await {
+            match segmenter.push(event) {
+                Ok(Some(seg)) => {
+                    if segments.send(seg).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %stream.id, error = %e, "bad media from the publisher; packet dropped");
+                    self.streams()
+                        .segments
+                        .with_label_values(&["dropped"])
+                        .inc();
+                }
+            }
+        }
+        match segmenter.finish() {
+            Ok(Some(seg)) => {
+                let _ = segments.send(seg).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(stream = %stream.id, error = %e, "last segment dropped"),
+        }
+        drop(segments);
+        if let Err(e) = worker.await {
+            tracing::error!(stream = %stream.id, error = %e, "segment worker failed");
+        }
+        self.end_stream(&stream, generation);
+    }
+
+    /// Transcode one segment and list it (and its renditions) in the stream's playlists.
+    /// The source is listed even when transcoding fails; the error says why it failed.
+    async fn publish_segment(
+        &self,
+        stream: &LiveStream,
+        generation: u64,
+        start_ms: i64,
+        duration: Duration,
+        data: Bytes,
+    ) -> Result<Vec<Rendition>, AiHttpError> {
+        let (seq, at, discontinuity) = {
+            let mut st = stream.state.lock();
+            if st.generation != generation {
+                return Err(err(409, "the stream was republished; segment dropped"));
+            }
+            st.last_active = Instant::now();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            // The first segment ends now: its first frame was captured `duration` ago.
+            let epoch = *st.epoch.get_or_insert_with(|| {
+                let now = SystemTime::now();
+                (now.checked_sub(duration).unwrap_or(now), start_ms)
+            });
+            let offset = start_ms.saturating_sub(epoch.1).max(0) as u64;
+            let at = epoch.0 + Duration::from_millis(offset);
+            (seq, at, std::mem::take(&mut st.discontinuity))
+        };
+        // The source is listed as soon as it is packaged, while the orchestrator transcodes.
+        let list_source = async {
+            let fmp4 = self.package(vec![data.clone()]).await.pop().flatten();
+            let mut st = stream.state.lock();
+            if st.generation == generation {
+                st.source
+                    .push(duration, at, discontinuity, data.clone(), fmp4);
+            }
+        };
+        let duration_ms = duration.as_millis().max(1) as u64;
+        let transcode = async {
+            let transcoded = self
+                .transcode_remote(&stream.id, seq, &stream.profiles, data.clone(), duration_ms)
+                .await;
+            let packaged = match &transcoded {
+                Ok(renditions) => {
+                    self.package(renditions.iter().map(|r| r.data.clone()).collect())
+                        .await
+                }
+                Err(_) => Vec::new(),
+            };
+            (transcoded, packaged)
+        };
+        let ((), (transcoded, packaged)) = tokio::join!(list_source, transcode);
+        self.record(
+            &stream.id,
+            vec![("source".to_owned(), duration, data)],
+            discontinuity,
+        );
+        let mut st = stream.state.lock();
+        if st.generation != generation {
+            return Err(err(409, "the stream was republished; renditions dropped"));
+        }
+        st.last_active = Instant::now();
+        let outcome = match &transcoded {
+            Ok(_) => "transcoded",
+            Err(_) => "untranscoded",
+        };
+        self.streams().segments.with_label_values(&[outcome]).inc();
+        match transcoded {
+            Ok(renditions) => {
+                let mut packaged: Vec<Option<Fmp4Segment>> = packaged;
+                for t in &mut st.renditions {
+                    match renditions.iter().position(|r| r.name == t.name) {
+                        Some(i) => {
+                            let r = &renditions[i];
+                            let d = Duration::from_millis(r.duration_ms.max(1));
+                            let fmp4 = packaged.get_mut(i).and_then(Option::take);
+                            t.push(d, at, discontinuity, r.data.clone(), fmp4);
+                        }
+                        None => t.gap = true,
+                    }
+                }
+                drop(st);
+                self.record(
+                    &stream.id,
+                    renditions
+                        .iter()
+                        .map(|r| {
+                            let d = Duration::from_millis(r.duration_ms.max(1));
+                            (r.name.clone(), d, r.data.clone())
+                        })
+                        .collect(),
+                    discontinuity,
+                );
+                Ok(renditions)
+            }
+            Err(e) => {
+                for t in &mut st.renditions {
+                    t.gap = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Append segments to the stream's recording, when streams are recorded (written in the
+    /// background, in the order asked).
+    fn record(&self, stream: &str, segments: Vec<(String, Duration, Bytes)>, discontinuity: bool) {
+        if let Some(recorder) = &self.streams().recorder {
+            for (rendition, duration, data) in segments {
+                recorder.append(stream, &rendition, duration, discontinuity, data);
+            }
+        }
+    }
+
+    /// MPEG-TS segments as fMP4 with low-latency parts; `None` for one that cannot be
+    /// packaged (logged; its low-latency playlist then marks a gap).
+    async fn package(&self, segments: Vec<Bytes>) -> Vec<Option<Fmp4Segment>> {
+        let part = self.streams().config.part;
+        let n = segments.len();
+        let work = tokio::task::spawn_blocking(move || {
+            segments
+                .iter()
+                .map(|ts| match ts_to_fmp4(ts, part) {
+                    Ok(seg) => Some(seg),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "segment not packaged for low-latency HLS");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        match work.await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "fMP4 packaging crashed");
+                (0..n).map(|_| None).collect()
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Accept an RTMP publish of a live stream: the stream key names the stream, the auth
+    /// webhook (if any) admits it and may name its ladder.
+    pub(crate) async fn publish_live(
+        &self,
+        app: String,
+        key: String,
+        peer: SocketAddr,
+    ) -> Result<mpsc::Sender<IngestEvent>, String> {
+        let public = &self.inner.config.public_url;
+        let host = public.split_once("://").map_or(public.as_str(), |(_, h)| h);
+        let url = format!("rtmp://{host}/{app}/{key}");
+        let (id, profiles) = self.authorize_stream(&url, &key).await?;
+        let (stream, generation) = self.open_stream(&id, profiles, true, false)?;
+        tracing::info!(stream = %id, %peer, generation, "RTMP publish accepted");
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(self.clone().run_ingest(stream, generation, rx));
+        Ok(tx)
+    }
+}

@@ -1,0 +1,131 @@
+//! Transcoding one live segment on an orchestrator through the dispatcher, paid per output
+//! pixel.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::header;
+use weir_media::profile::Profile;
+use weir_media::transcode::Rendition;
+use weir_media::wire::{
+    self, ladder_pixels, CAPABILITY, DURATION_HEADER, MODEL, PROFILES_HEADER, SEGMENT_HEADER,
+};
+use weir_protocol::AiHttpError;
+use weir_runtime::{JobRequest, OutputSize, Param, ParamValue};
+
+use crate::dispatch::{err, Answer, Call, Choice, Dispatched};
+use crate::server::Gateway;
+
+impl Gateway {
+    /// Transcode one segment on an orchestrator, paying per output pixel.
+    pub(super) async fn transcode_remote(
+        &self,
+        stream: &str,
+        seq: u64,
+        profiles: &[Profile],
+        data: Bytes,
+        duration_ms: u64,
+    ) -> Result<Vec<Rendition>, AiHttpError> {
+        let units = ladder_pixels(profiles, duration_ms);
+        let request_id = format!("{stream}/{seq}");
+        let job = JobRequest {
+            id: request_id.clone(),
+            capability: CAPABILITY.to_owned(),
+            model: MODEL.to_owned(),
+            params: vec![Param {
+                name: "stream".to_owned(),
+                value: ParamValue::Text(stream.to_owned()),
+            }],
+            output: OutputSize {
+                width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
+                height: profiles.iter().map(|p| p.height).max().unwrap_or(0),
+                frames: profiles
+                    .iter()
+                    .map(|p| {
+                        (duration_ms * u64::from(p.fps))
+                            .div_ceil(1000 * u64::from(p.fps_den.max(1)))
+                    })
+                    .max()
+                    .unwrap_or(0) as u32,
+                count: profiles.len() as u32,
+            },
+            units,
+            sender: self.dispatcher().payments().sender(),
+        };
+        let ladder = serde_json::to_string(profiles).map_err(|e| err(500, e.to_string()))?;
+        let dispatcher = self.dispatcher();
+        let queue = dispatcher
+            .choose(CAPABILITY, None, MODEL, job)
+            .await?
+            .into();
+        let call = SegmentCall {
+            seq,
+            ladder: &ladder,
+            rungs: profiles.len(),
+            data: &data,
+            duration_ms,
+            units,
+            timeout: self.inner.config.attempt_timeout,
+        };
+        let Dispatched {
+            choice,
+            output: renditions,
+            charge,
+            attempts: tried,
+        } = dispatcher.run(&request_id, queue, &call).await?;
+        tracing::debug!(stream, seq, orchestrator = %choice.url, units, charge, attempts = tried, "segment transcoded");
+        Ok(renditions)
+    }
+}
+
+/// One segment as the dispatcher sends it: MPEG-TS to the orchestrator's `/transcode` with
+/// the ladder, paid per output pixel; the answer must hold one rendition per rung.
+struct SegmentCall<'a> {
+    seq: u64,
+    /// The ladder as JSON.
+    ladder: &'a str,
+    /// Rungs of the ladder.
+    rungs: usize,
+    data: &'a Bytes,
+    duration_ms: u64,
+    units: u64,
+    timeout: Duration,
+}
+
+impl Call for SegmentCall<'_> {
+    type Output = Vec<Rendition>;
+
+    fn capability(&self) -> &str {
+        CAPABILITY
+    }
+
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn request(&self, client: &reqwest::Client, choice: &Choice) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/transcode", choice.url))
+            .header(header::CONTENT_TYPE, "video/mp2t")
+            .header(PROFILES_HEADER, self.ladder)
+            .header(DURATION_HEADER, self.duration_ms)
+            .header(SEGMENT_HEADER, self.seq)
+            .body(self.data.clone())
+    }
+
+    async fn accept(&self, answer: Answer) -> Result<Vec<Rendition>, String> {
+        let renditions = wire::parse_renditions(&answer.content_type, &answer.body)?;
+        if renditions.len() != self.rungs {
+            return Err(format!(
+                "answered {} renditions for a ladder of {}",
+                renditions.len(),
+                self.rungs
+            ));
+        }
+        Ok(renditions)
+    }
+}
