@@ -404,7 +404,9 @@ fn events_worker(release: &tokio::sync::watch::Sender<u32>) -> TestServer {
 }
 
 /// Read `response` on a thread, handing over what arrives as it arrives.
-fn chunks(mut response: reqwest::blocking::Response) -> std::sync::mpsc::Receiver<String> {
+pub(crate) fn chunks(
+    mut response: reqwest::blocking::Response,
+) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::Read as _;

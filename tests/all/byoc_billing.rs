@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use weir_payments::UnitPrice;
 
 use crate::ai::{wait_discovered, TestServer};
+use crate::byoc::chunks;
 use crate::byoc_swaps::{pipeline_orchestrator, start_stream, stream_status};
 use crate::failover::gateway_with;
 use crate::support::*;
@@ -100,25 +101,6 @@ impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         self.0.send_replace(true);
     }
-}
-
-/// Read `response` on a thread, handing over what arrives as it arrives.
-fn chunks(mut response: reqwest::blocking::Response) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::Read as _;
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = response.read(&mut buf) {
-            if n == 0
-                || tx
-                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                    .is_err()
-            {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 /// Everything `rx` hands over until the answer ends (or 60 s pass).

@@ -13,6 +13,7 @@ use weir_jobs::webhook::{verify, WebhookSecret};
 
 use crate::ai::{wait_discovered, TestServer, CLIENT_TOKEN, T2I_MODEL};
 use crate::failover::{gateway_with, priced_orchestrator, scripted_runner, Script, OTHER_TOKEN};
+use crate::jobs::{job_status, wait_final};
 use crate::support::*;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -105,28 +106,6 @@ fn submit(
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     (status, headers, r.json().unwrap_or(Value::Null))
-}
-
-fn job_status(gw: &Weir, id: &str) -> Value {
-    client()
-        .get(format!("{}/api/v1/generate/{id}", gw.url))
-        .bearer_auth(CLIENT_TOKEN)
-        .send()
-        .expect("status")
-        .json()
-        .expect("json")
-}
-
-fn wait_final(gw: &Weir, id: &str, limit: Duration) -> Value {
-    eventually(limit, || {
-        let v = job_status(gw, id);
-        matches!(
-            v["status"].as_str(),
-            Some("completed" | "failed" | "canceled")
-        )
-        .then_some(v)
-    })
-    .unwrap_or_else(|| panic!("job {id} did not end: {}", job_status(gw, id)))
 }
 
 /// Submit a `t2i` job; its id.

@@ -125,7 +125,7 @@ fn submit(gw: &Weir, body: &Value, headers: &[(&str, &str)]) -> (u16, HeaderMap,
     (status, h, r.json().unwrap_or(Value::Null))
 }
 
-fn job_status(gw: &Weir, id: &str) -> Value {
+pub(crate) fn job_status(gw: &Weir, id: &str) -> Value {
     client()
         .get(format!("{}/api/v1/generate/{id}", gw.url))
         .bearer_auth(CLIENT_TOKEN)
@@ -135,7 +135,7 @@ fn job_status(gw: &Weir, id: &str) -> Value {
         .expect("json")
 }
 
-fn wait_final(gw: &Weir, id: &str, limit: Duration) -> Value {
+pub(crate) fn wait_final(gw: &Weir, id: &str, limit: Duration) -> Value {
     eventually(limit, || {
         let v = job_status(gw, id);
         matches!(
