@@ -17,21 +17,8 @@ use weir_protocol::info::{CHARGE_HEADER, MODEL_HEADER};
 use weir_protocol::{AiHttpError, Capability};
 
 use crate::dispatch::{err, read_capped, Answer, Call, Choice, Dispatched, ORCHESTRATOR_HEADER};
+use crate::seams::Served;
 use crate::server::Gateway;
-
-/// An AI request served by an orchestrator.
-pub(crate) struct Served {
-    /// Who served it.
-    pub orchestrator: String,
-    /// The answer, media URLs rewritten to the gateway's own.
-    pub body: serde_json::Value,
-    /// What the gateway paid.
-    pub charge: u64,
-    /// Output units (pixels, samples…) the request was priced by.
-    pub units: u64,
-    /// The client asked for server-sent events.
-    pub stream: bool,
-}
 
 /// One AI request as the dispatcher sends it: the client's body to `/{capability}`, the
 /// answer's media stored before it is accepted.

@@ -33,6 +33,7 @@ pub mod jobs;
 pub mod live;
 pub mod payments;
 mod record;
+mod seams;
 mod server;
 pub mod storage;
 

@@ -1,18 +1,13 @@
 //! The gateway: its parts (the dispatcher and the features' state), start-up, and where
 //! RTMP publishes go.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use prometheus::{IntCounterVec, Opts};
-use tokio::sync::mpsc;
-use weir_media::packet::IngestEvent;
-use weir_media::rtmp::PublishHandler;
+use weir_media::ingest::{Decision, Publish, PublishHandler};
 use weir_payments::credit::Wallet;
 use weir_payments::{Ledger, LedgerError};
 use weir_runtime::Registry;
@@ -43,8 +38,8 @@ pub enum GatewayError {
 pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     /// The shared path every call to an orchestrator takes.
-    pub(crate) dispatcher: Dispatcher,
-    pub(crate) store: ResultStore,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) store: Arc<ResultStore>,
     pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
     /// AI API requests by capability and status.
     pub(crate) requests: IntCounterVec,
@@ -116,19 +111,19 @@ impl Gateway {
                 .await?;
         tracing::info!(sender = %wallet.sender(), "gateway wallet");
         let config = Arc::new(config);
-        let dispatcher = Dispatcher::new(
+        let dispatcher = Arc::new(Dispatcher::new(
             config.clone(),
             registry,
             discovery,
             GatewayPayments::new(ledger, wallet, mismatches),
             client,
             metrics,
-        )?;
+        )?);
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,
                 dispatcher,
-                store,
+                store: Arc::new(store),
                 jobs: Some(Arc::new(jobs)),
                 requests,
                 streams,
@@ -165,8 +160,8 @@ impl Gateway {
         })
     }
 
-    /// What RTMP publishes are handed to.
-    pub fn rtmp_handler(&self) -> Arc<dyn weir_media::rtmp::PublishHandler> {
+    /// What publishes (RTMP today) are handed to.
+    pub fn rtmp_handler(&self) -> Arc<dyn PublishHandler> {
         Arc::new(self.clone())
     }
 
@@ -177,22 +172,17 @@ impl Gateway {
     }
 }
 
-/// RTMP publishes: a stream key of a live AI stream feeds that stream; any other key is a
-/// live video stream.
+/// Publishes (RTMP, or any protocol behind [`weir_media::ingest`]): a stream key of a live AI
+/// stream feeds that stream; any other key is a live video stream.
 impl PublishHandler for Gateway {
-    fn publish(
-        &self,
-        app: String,
-        key: String,
-        peer: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = Result<mpsc::Sender<IngestEvent>, String>> + Send>> {
+    fn publish(&self, publish: Publish) -> Decision {
         let g = self.clone();
         Box::pin(async move {
-            if let Some(tx) = g.ai_ingest(&key) {
-                tracing::info!(%peer, "RTMP publish of a live AI stream accepted");
+            if let Some(tx) = g.ai_ingest(&publish.key) {
+                tracing::info!(peer = %publish.peer, "publish of a live AI stream accepted");
                 return Ok(tx);
             }
-            g.publish_live(app, key, peer).await
+            g.publish_live(publish).await
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Live media for Weir: RTMP ingest ([`rtmp`]), cutting the published stream into MPEG-TS
+//! Live media for Weir: the protocol-neutral publish seam and the one segmenter loop
+//! ([`ingest`]), RTMP ingest ([`rtmp`]), cutting the published stream into MPEG-TS
 //! segments on keyframes ([`segmenter`]), transcoding a segment to an ABR ladder with the FFmpeg
 //! libraries ([`transcode`], profiles in [`profile`]), the HLS playlists the gateway serves
 //! ([`hls`]), low-latency HLS over fMP4 with parts and blocking playlist reload ([`llhls`]),
@@ -8,6 +9,7 @@
 pub mod frames;
 pub mod gpu;
 pub mod hls;
+pub mod ingest;
 pub mod llhls;
 pub mod packet;
 pub mod profile;

@@ -3,16 +3,14 @@
 //!
 //! The RTMP protocol itself (handshake, including the digest handshake, chunk streams and the
 //! command flow) is handled by the sans-IO `rml_rtmp` crate; this module drives it on tokio,
-//! asks a [`PublishHandler`] whether a publish may go ahead, and parses the FLV tag payloads.
+//! asks a [`PublishHandler`] (the [`crate::ingest`] seam) where a publish goes, and parses the FLV tag payloads.
 //!
 //! Only H.264/AVC video and AAC audio are accepted. A publisher that sends any other codec is
 //! disconnected as soon as the first such tag arrives; nothing of that codec is forwarded.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,24 +26,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+pub use crate::ingest::PublishHandler;
+use crate::ingest::{Protocol, Publish};
 use crate::packet::{CodecConfig, IngestEvent, MediaPacket, Track};
-
-/// What the gateway decides about a publish request.
-pub trait PublishHandler: Send + Sync + 'static {
-    /// `rtmp://host/{app}/{key}` was published. `Ok(sender)`: events go there until the
-    /// connection ends or the publisher ends the stream (`deleteStream`/`closeStream`); the
-    /// sender is then dropped. `Err(reason)`: the publish is refused
-    /// (logged, connection closed).
-    ///
-    /// The decision is awaited for at most [`RtmpLimits::idle_timeout`]; a slower decision
-    /// counts as a refusal.
-    fn publish(
-        &self,
-        app: String,
-        key: String,
-        peer: SocketAddr,
-    ) -> Pin<Box<dyn Future<Output = Result<mpsc::Sender<IngestEvent>, String>> + Send>>;
-}
 
 /// Resource limits of the RTMP server.
 #[derive(Debug, Clone)]
@@ -512,7 +495,12 @@ impl Connection {
         let decision = if self.publishing.is_some() {
             Err("this connection already published a stream".to_string())
         } else {
-            let fut = self.handler.publish(app.clone(), key.clone(), self.peer);
+            let fut = self.handler.publish(Publish {
+                protocol: Protocol::Rtmp,
+                path: app.clone(),
+                key: key.clone(),
+                peer: self.peer,
+            });
             match timeout(self.limits.idle_timeout, fut).await {
                 Ok(d) => d,
                 Err(_) => Err("publish decision timed out".to_string()),

@@ -2,7 +2,6 @@
 //! `WEIR_FUZZ_SECS` sets the budget per target (2 s by default: the short pass in `make test`).
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,13 +228,7 @@ fn segment_probe() {
 struct Discard;
 
 impl PublishHandler for Discard {
-    fn publish(
-        &self,
-        _app: String,
-        _key: String,
-        _peer: SocketAddr,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<mpsc::Sender<IngestEvent>, String>> + Send>>
-    {
+    fn publish(&self, _publish: weir_media::ingest::Publish) -> weir_media::ingest::Decision {
         Box::pin(async {
             let (tx, mut rx) = mpsc::channel(64);
             tokio::spawn(async move { while rx.recv().await.is_some() {} });

@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use weir_media::packet::IngestEvent;
-use weir_media::segmenter::Segmenter;
 use weir_payments::UnitPrice;
 use weir_protocol::byoc::{JobRequest, StreamChannels, StreamStart, StreamUrls};
 use weir_protocol::AiHttpError;
@@ -142,34 +141,25 @@ impl Gateway {
         &self.inner.config.streams
     }
 
-    /// The RTMP ingest of AI stream keyed `key`, if there is one.
+    /// The ingest of the AI stream keyed `key`, if there is one: its segments (cut by the one
+    /// segmenter loop) go to the stream's owner task, dropped when the stream is behind.
     pub(crate) fn ai_ingest(&self, key: &str) -> Option<mpsc::Sender<IngestEvent>> {
         let id = self.ai_streams().keys.lock().get(key).cloned()?;
         let stream = self.ai_streams().map.lock().get(&id).cloned()?;
-        let (tx, mut rx) = mpsc::channel::<IngestEvent>(1024);
+        let (tx, rx) = mpsc::channel::<IngestEvent>(1024);
         let target = self.inner.config.live.segment;
         tokio::spawn(async move {
-            let mut segmenter = Segmenter::new(target);
-            while let Some(event) = rx.recv().await {
-                match segmenter.push(event) {
-                    Ok(Some(seg)) => {
-                        if stream
-                            .commands
-                            .try_send(Command::Segment(seg.data))
-                            .is_err()
-                        {
-                            tracing::warn!(stream = %stream.id, "the stream is behind; ingest segment dropped");
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(stream = %stream.id, error = %e, "bad media from the publisher; packet dropped")
-                    }
+            weir_media::ingest::segment(rx, target, &stream.id, |seg| {
+                if stream
+                    .commands
+                    .try_send(Command::Segment(seg.data))
+                    .is_err()
+                {
+                    tracing::warn!(stream = %stream.id, "the stream is behind; ingest segment dropped");
                 }
-            }
-            if let Ok(Some(seg)) = segmenter.finish() {
-                let _ = stream.commands.send(Command::Segment(seg.data)).await;
-            }
+                std::future::ready(true)
+            })
+            .await;
             let _ = stream.commands.send(Command::IngestEnded).await;
         });
         Some(tx)

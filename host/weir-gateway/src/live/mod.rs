@@ -18,7 +18,6 @@ mod remote;
 pub(crate) use http::{push_routes, routes};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,10 +26,10 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use weir_media::hls::{self, MediaPlaylist, Variant};
+use weir_media::ingest::Publish;
 use weir_media::llhls::{ts_to_fmp4, Fmp4Segment, LlPlaylist};
 use weir_media::packet::IngestEvent;
 use weir_media::profile::Profile;
-use weir_media::segmenter::Segmenter;
 use weir_media::transcode::Rendition;
 use weir_protocol::AiHttpError;
 
@@ -516,14 +515,14 @@ impl Gateway {
         })
     }
 
-    /// Read events from one RTMP publish until it ends, segmenting and transcoding.
+    /// Read events from one publish until it ends, segmenting (the one segmenter loop) and
+    /// transcoding; segments are transcoded one after another, beside the segmenting.
     async fn run_ingest(
         self,
         stream: Arc<LiveStream>,
         generation: u64,
-        mut events: mpsc::Receiver<IngestEvent>,
+        events: mpsc::Receiver<IngestEvent>,
     ) {
-        let mut segmenter = Segmenter::new(self.streams().config.segment);
         let (segments, mut queue) = mpsc::channel::<weir_media::segmenter::Segment>(8);
         let worker = {
             let g = self.clone();
@@ -543,30 +542,16 @@ impl Gateway {
                 }
             })
         };
-        while let Some(event) = events.recv().await {
-            match segmenter.push(event) {
-                Ok(Some(seg)) => {
-                    if segments.send(seg).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(stream = %stream.id, error = %e, "bad media from the publisher; packet dropped");
-                    self.streams()
-                        .segments
-                        .with_label_values(&["dropped"])
-                        .inc();
-                }
-            }
-        }
-        match segmenter.finish() {
-            Ok(Some(seg)) => {
-                let _ = segments.send(seg).await;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(stream = %stream.id, error = %e, "last segment dropped"),
-        }
+        let target = self.streams().config.segment;
+        let done = weir_media::ingest::segment(events, target, &stream.id, |seg| {
+            let segments = segments.clone();
+            async move { segments.send(seg).await.is_ok() }
+        })
+        .await;
+        self.streams()
+            .segments
+            .with_label_values(&["dropped"])
+            .inc_by(done.dropped);
         drop(segments);
         if let Err(e) = worker.await {
             tracing::error!(stream = %stream.id, error = %e, "segment worker failed");
@@ -715,20 +700,19 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// Accept an RTMP publish of a live stream: the stream key names the stream, the auth
-    /// webhook (if any) admits it and may name its ladder.
+    /// Accept a publish (RTMP or any other ingest protocol) of a live stream: the stream key
+    /// names the stream, the auth webhook (if any) admits it and may name its ladder.
     pub(crate) async fn publish_live(
         &self,
-        app: String,
-        key: String,
-        peer: SocketAddr,
+        publish: Publish,
     ) -> Result<mpsc::Sender<IngestEvent>, String> {
         let public = &self.inner.config.public_url;
         let host = public.split_once("://").map_or(public.as_str(), |(_, h)| h);
-        let url = format!("rtmp://{host}/{app}/{key}");
-        let (id, profiles) = self.authorize_stream(&url, &key).await?;
+        let url = publish.url(host);
+        let (key, peer) = (&publish.key, publish.peer);
+        let (id, profiles) = self.authorize_stream(&url, key).await?;
         let (stream, generation) = self.open_stream(&id, profiles, true, false)?;
-        tracing::info!(stream = %id, %peer, generation, "RTMP publish accepted");
+        tracing::info!(stream = %id, %peer, generation, protocol = publish.protocol.scheme(), "publish accepted");
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(self.clone().run_ingest(stream, generation, rx));
         Ok(tx)

@@ -401,11 +401,11 @@ impl Segmenter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::ts::crc32_mpeg2;
     use super::*;
 
-    fn avcc_record() -> Bytes {
+    pub(crate) fn avcc_record() -> Bytes {
         // Baseline-ish SPS/PPS bytes; only the NAL types matter to the segmenter.
         let sps = [0x67, 0x42, 0xC0, 0x1E, 0xD9, 0x00];
         let pps = [0x68, 0xCE, 0x3C, 0x80];
@@ -428,7 +428,7 @@ mod tests {
         Bytes::from(v)
     }
 
-    fn video(ms: i64, idr: bool) -> IngestEvent {
+    pub(crate) fn video(ms: i64, idr: bool) -> IngestEvent {
         IngestEvent::Packet(MediaPacket {
             track: Track::Video,
             dts_ms: ms,
