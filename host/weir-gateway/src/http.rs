@@ -24,10 +24,16 @@ pub(crate) fn router(g: &Gateway) -> Router {
         .merge(crate::ai_streams::routes())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(g.clone(), require_client));
-    let push = crate::live::push_routes()
+    let push = g
+        .inner
+        .live
+        .push_routes()
         .layer(DefaultBodyLimit::max(config.live.max_push_bytes))
         .layer(middleware::from_fn_with_state(g.clone(), require_client));
-    let public = crate::live::routes()
+    let public = g
+        .inner
+        .live
+        .routes()
         .merge(push)
         .merge(crate::ai::public_routes())
         .merge(crate::jobs::public_routes())

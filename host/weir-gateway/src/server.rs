@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::payments::GatewayPayments;
+use crate::seams::{StreamOutput, StreamOutputs};
 use crate::storage::ResultStore;
 
 /// Why the gateway could not start.
@@ -43,7 +44,7 @@ pub(crate) struct Inner {
     pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
     /// AI API requests by capability and status.
     pub(crate) requests: IntCounterVec,
-    pub(crate) streams: crate::live::Streams,
+    pub(crate) live: Arc<crate::live::Live>,
     pub(crate) ai_streams: crate::ai_streams::AiStreams,
 }
 
@@ -105,7 +106,6 @@ impl Gateway {
         ));
         weir_media::profile::validate_ladder(&config.live.profiles)
             .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
-        let streams = crate::live::Streams::new(config.live.clone(), metrics)?;
         let jobs =
             crate::jobs::Jobs::open(&config.jobs, &config.data_dir, &config.public_url, metrics)
                 .await?;
@@ -119,6 +119,8 @@ impl Gateway {
             client,
             metrics,
         )?);
+        let live =
+            crate::live::Live::new(config.live.clone(), &config, dispatcher.clone(), metrics)?;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,
@@ -126,7 +128,7 @@ impl Gateway {
                 store: Arc::new(store),
                 jobs: Some(Arc::new(jobs)),
                 requests,
-                streams,
+                live,
                 ai_streams: Default::default(),
             }),
         })
@@ -150,7 +152,7 @@ impl Gateway {
     /// Refresh orchestrator info once now, then periodically.
     pub async fn start(&self) -> tokio::task::JoinHandle<()> {
         self.discovery().refresh().await;
-        let janitor = self.spawn_live_janitor();
+        let janitor = self.inner.live.spawn_janitor();
         let refresh = self
             .discovery()
             .spawn_refresh(self.inner.config.refresh_interval);
@@ -182,7 +184,19 @@ impl PublishHandler for Gateway {
                 tracing::info!(peer = %publish.peer, "publish of a live AI stream accepted");
                 return Ok(tx);
             }
-            g.publish_live(publish).await
+            g.inner.live.publish_live(publish).await
         })
+    }
+}
+
+/// The HLS output of live AI streams, from live video (until AI streams hold the
+/// [`StreamOutputs`] seam themselves).
+impl Gateway {
+    pub(crate) fn open_ai_output(&self, id: &str) -> Option<Arc<dyn StreamOutput>> {
+        self.inner.live.open(id)
+    }
+
+    pub(crate) fn end_ai_output(&self, id: &str) {
+        self.inner.live.end(id);
     }
 }

@@ -2,7 +2,6 @@
 //! misbehaving clients.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,18 +36,17 @@ struct TestHandler {
 }
 
 impl PublishHandler for TestHandler {
-    fn publish(
-        &self,
-        app: String,
-        key: String,
-        _peer: SocketAddr,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<mpsc::Sender<IngestEvent>, String>> + Send>>
-    {
+    fn publish(&self, publish: weir_media::ingest::Publish) -> weir_media::ingest::Decision {
+        assert_eq!(publish.protocol, weir_media::ingest::Protocol::Rtmp);
         let result = match &self.refuse {
             Some(reason) => Err(reason.clone()),
             None => {
                 let (tx, rx) = mpsc::channel(self.capacity);
-                let _ = self.publishes.send(Publish { app, key, rx });
+                let _ = self.publishes.send(Publish {
+                    app: publish.path,
+                    key: publish.key,
+                    rx,
+                });
                 Ok(tx)
             }
         };

@@ -1,44 +1,39 @@
-//! The HLS output of live AI streams: the seam live video exposes to AI streams, which list
-//! the segments their orchestrator sends back in the stream's playlists.
+//! The HLS output of live AI streams: live video implements the [`StreamOutputs`] seam, and
+//! AI streams list the segments their orchestrator sends back in the stream's playlists.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 
-use super::LiveStream;
-use crate::server::Gateway;
+use super::{Live, LiveStream};
+use crate::seams::{BoxFut, StreamOutput, StreamOutputs};
 
-/// The HLS output of one session of a live AI stream: what live video exposes to AI streams,
-/// which list the segments their orchestrator sends back through it.
-#[derive(Clone)]
-pub(crate) struct AiOutput {
-    gateway: Gateway,
+/// The HLS output of one session of a live AI stream.
+struct AiOutput {
+    live: Arc<Live>,
     stream: Arc<LiveStream>,
     /// The stream's generation this session writes; a later session's output supersedes it.
     generation: u64,
 }
 
-impl AiOutput {
-    /// List one output segment in the stream's HLS playlists (dropped once a later session
-    /// took the stream over).
-    pub(crate) async fn list(&self, data: Bytes) {
-        self.gateway
-            .list_ai_output(&self.stream, self.generation, data)
-            .await;
+impl StreamOutput for AiOutput {
+    fn list(&self, data: Bytes) -> BoxFut<'_, ()> {
+        Box::pin(
+            self.live
+                .list_ai_output(&self.stream, self.generation, data),
+        )
     }
 }
 
-impl Gateway {
-    /// The HLS stream showing AI stream `id`'s output, opened (or continued after the stream
-    /// moved, with a discontinuity) for a new session.
-    pub(crate) fn open_ai_output(&self, id: &str) -> Option<AiOutput> {
+impl StreamOutputs for Arc<Live> {
+    fn open(&self, id: &str) -> Option<Arc<dyn StreamOutput>> {
         match self.open_stream(id, Vec::new(), true, true) {
-            Ok((stream, generation)) => Some(AiOutput {
-                gateway: self.clone(),
+            Ok((stream, generation)) => Some(Arc::new(AiOutput {
+                live: Arc::clone(self),
                 stream,
                 generation,
-            }),
+            })),
             Err(e) => {
                 tracing::warn!(stream = %id, error = %e, "the AI stream's output is not served as HLS");
                 None
@@ -46,10 +41,19 @@ impl Gateway {
         }
     }
 
+    fn end(&self, id: &str) {
+        if let Some(s) = self.get(id) {
+            let generation = s.state.lock().generation;
+            self.end_stream(&s, generation);
+        }
+    }
+}
+
+impl Live {
     /// List one output segment of an AI stream in its HLS playlists.
     async fn list_ai_output(&self, stream: &LiveStream, generation: u64, data: Bytes) {
         let probe_data = data.clone();
-        let target = self.streams().config.segment;
+        let target = self.config.segment;
         let duration = tokio::task::spawn_blocking(move || {
             weir_media::transcode::probe(&probe_data).map(|i| i.duration_ms)
         })
@@ -85,13 +89,5 @@ impl Gateway {
             vec![("source".to_owned(), duration, data)],
             discontinuity,
         );
-    }
-
-    /// The AI stream `id` ended: end its HLS playlists.
-    pub(crate) fn end_ai_output(&self, id: &str) {
-        if let Some(s) = self.streams().get(id) {
-            let generation = s.state.lock().generation;
-            self.end_stream(&s, generation);
-        }
     }
 }

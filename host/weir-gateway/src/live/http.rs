@@ -1,5 +1,6 @@
 //! Live video's HTTP routes: pushed segments in, HLS playlists, segments and recordings out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -9,119 +10,63 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
+use weir_media::transcode::Rendition;
 use weir_media::wire::{self, DURATION_HEADER};
 use weir_protocol::AiHttpError;
 
-use super::{LiveStream, Track};
+use super::{Live, LiveStream, Track};
 use crate::dispatch::err;
-use crate::server::Gateway;
 
-/// The live streams' public routes: HLS playlists and segments, and recordings.
-pub(crate) fn routes() -> Router<Gateway> {
-    Router::new()
-        .route("/stream/{file}", get(master))
-        .route("/stream/{stream}/{file}", get(media))
-        .route("/stream/{stream}/{rendition}/{file}", get(segment))
-        .route("/recordings/{stream}/{file}", get(recording))
-        .route("/recordings/{stream}/{rendition}/{file}", get(recording))
-}
+impl Live {
+    /// The live streams' public routes: HLS playlists and segments, and recordings.
+    pub(crate) fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/stream/{file}", get(master))
+            .route("/stream/{stream}/{file}", get(media))
+            .route("/stream/{stream}/{rendition}/{file}", get(segment))
+            .route("/recordings/{stream}/{file}", get(recording))
+            .route("/recordings/{stream}/{rendition}/{file}", get(recording))
+            .with_state(Arc::clone(self))
+    }
 
-/// The route segments are pushed to: `POST|PUT /live/{stream}/{file}`.
-pub(crate) fn push_routes() -> Router<Gateway> {
-    Router::new().route("/live/{stream}/{file}", post(push).put(push))
+    /// The route segments are pushed to: `POST|PUT /live/{stream}/{file}`.
+    pub(crate) fn push_routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/live/{stream}/{file}", post(push).put(push))
+            .with_state(Arc::clone(self))
+    }
 }
 
 /// `POST|PUT /live/{stream}/{file}`: one pushed segment.
 async fn push(
-    State(g): State<Gateway>,
+    State(live): State<Arc<Live>>,
     UrlPath((stream_key, file)): UrlPath<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    match push_segment(&g, &stream_key, &file, &headers, body).await {
+    match push_segment(&live, &stream_key, &file, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
+/// Take one pushed segment: checked, transcoded and listed; the renditions are in the
+/// answer when the client accepts `multipart/mixed`.
 async fn push_segment(
-    g: &Gateway,
+    live: &Live,
     stream_key: &str,
     file: &str,
     headers: &HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, AiHttpError> {
-    let config = &g.streams().config;
-    let (seq, ext) = file
-        .rsplit_once('.')
-        .ok_or_else(|| err(400, format!("`{file}`: expected {{seq}}.ts or {{seq}}.mp4")))?;
-    if !matches!(ext, "ts" | "mp4") {
-        return Err(err(
-            400,
-            format!("`{file}`: only .ts and .mp4 segments are accepted"),
-        ));
-    }
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| err(400, format!("`{file}`: the segment number is not a number")))?;
-    let body = body.map_err(AiHttpError::from)?;
-    if body.is_empty() {
-        return Err(err(400, "empty segment"));
-    }
-    if body.len() > config.max_push_bytes {
-        return Err(err(
-            413,
-            format!("segment larger than {} bytes", config.max_push_bytes),
-        ));
-    }
-    let declared_ms = match headers.get(DURATION_HEADER) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .filter(|ms| (1..=300_000).contains(ms))
-                .ok_or_else(|| err(400, "Content-Duration must be 1..=300000 milliseconds"))?,
-        ),
-        None => None,
-    };
-    let probe_input = body.clone();
-    let info = tokio::task::spawn_blocking(move || weir_media::transcode::probe(&probe_input))
-        .await
-        .map_err(|e| err(500, format!("probe crashed: {e}")))?
-        .map_err(|e| err(422, format!("unreadable segment: {e}")))?;
-    // FFmpeg reads many things (a PNG is a one-frame video): only segments are taken.
-    if !matches!(info.format.as_str(), "mpegts" | "mov,mp4,m4a,3gp,3g2,mj2") {
-        return Err(err(
-            415,
-            format!(
-                "a segment must be MPEG-TS or MP4 (this is `{}`)",
-                info.format
-            ),
-        ));
-    }
-    let duration_ms = declared_ms.unwrap_or(info.duration_ms).max(1);
-    // A pushed stream is authorized once, when its first segment arrives.
-    let live = g
-        .streams()
-        .get(stream_key)
-        .filter(|s| s.state.lock().ended_at.is_none());
-    let (stream, generation) = match live {
-        Some(s) => {
-            let generation = s.state.lock().generation;
-            (s, generation)
-        }
-        None => {
-            let url = format!("{}/live/{stream_key}/{file}", g.inner.config.public_url);
-            let (id, profiles) = g
-                .authorize_stream(&url, stream_key)
-                .await
-                .map_err(|e| err(403, e))?;
-            g.open_stream(&id, profiles, false, false)
-                .map_err(|e| err(503, e))?
-        }
-    };
+    let seq = segment_number(file)?;
+    let body = checked_body(body, live.config.max_push_bytes)?;
+    let declared_ms = declared_duration(headers)?;
+    let probed_ms = probe_pushed(&body).await?;
+    let duration_ms = declared_ms.unwrap_or(probed_ms).max(1);
+    let (stream, generation) = live.pushed_stream(stream_key, file).await?;
     let start_ms = seq.saturating_mul(duration_ms).min(i64::MAX as u64) as i64;
-    let renditions = g
+    let renditions = live
         .publish_segment(
             &stream,
             generation,
@@ -140,19 +85,113 @@ async fn push_segment(
                 e
             }
         })?;
+    Ok(push_answer(seq, headers, &renditions))
+}
+
+/// The segment number of `{seq}.ts` or `{seq}.mp4`.
+fn segment_number(file: &str) -> Result<u64, AiHttpError> {
+    let (seq, ext) = file
+        .rsplit_once('.')
+        .ok_or_else(|| err(400, format!("`{file}`: expected {{seq}}.ts or {{seq}}.mp4")))?;
+    if !matches!(ext, "ts" | "mp4") {
+        return Err(err(
+            400,
+            format!("`{file}`: only .ts and .mp4 segments are accepted"),
+        ));
+    }
+    seq.parse()
+        .map_err(|_| err(400, format!("`{file}`: the segment number is not a number")))
+}
+
+/// The pushed body: read, not empty and within `max` bytes.
+fn checked_body(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    max: usize,
+) -> Result<Bytes, AiHttpError> {
+    let body = body.map_err(AiHttpError::from)?;
+    if body.is_empty() {
+        return Err(err(400, "empty segment"));
+    }
+    if body.len() > max {
+        return Err(err(413, format!("segment larger than {max} bytes")));
+    }
+    Ok(body)
+}
+
+/// Livepeer's `Content-Duration` header, when sent (1 ms to 5 minutes).
+fn declared_duration(headers: &HeaderMap) -> Result<Option<u64>, AiHttpError> {
+    let Some(v) = headers.get(DURATION_HEADER) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| (1..=300_000).contains(ms))
+        .map(Some)
+        .ok_or_else(|| err(400, "Content-Duration must be 1..=300000 milliseconds"))
+}
+
+/// Probe a pushed segment: its duration in milliseconds, when it is MPEG-TS or MP4.
+async fn probe_pushed(body: &Bytes) -> Result<u64, AiHttpError> {
+    let probe_input = body.clone();
+    let info = tokio::task::spawn_blocking(move || weir_media::transcode::probe(&probe_input))
+        .await
+        .map_err(|e| err(500, format!("probe crashed: {e}")))?
+        .map_err(|e| err(422, format!("unreadable segment: {e}")))?;
+    // FFmpeg reads many things (a PNG is a one-frame video): only segments are taken.
+    if !matches!(info.format.as_str(), "mpegts" | "mov,mp4,m4a,3gp,3g2,mj2") {
+        return Err(err(
+            415,
+            format!(
+                "a segment must be MPEG-TS or MP4 (this is `{}`)",
+                info.format
+            ),
+        ));
+    }
+    Ok(info.duration_ms)
+}
+
+/// The answer to a pushed segment: `200`, or the renditions as `multipart/mixed` when the
+/// client accepts them.
+fn push_answer(seq: u64, headers: &HeaderMap, renditions: &[Rendition]) -> Response {
     let wants_parts = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("multipart/mixed"));
     if !wants_parts {
-        return Ok(StatusCode::OK.into_response());
+        return StatusCode::OK.into_response();
     }
-    let (content_type, body) = wire::renditions_body(&seq.to_string(), &renditions);
+    let (content_type, body) = wire::renditions_body(&seq.to_string(), renditions);
     let mut response = body.into_response();
     if let Ok(v) = HeaderValue::from_str(&content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    Ok(response)
+    response
+}
+
+impl Live {
+    /// The live stream a pushed segment belongs to, and its generation: a pushed stream is
+    /// authorized once, when its first segment arrives.
+    async fn pushed_stream(
+        &self,
+        stream_key: &str,
+        file: &str,
+    ) -> Result<(Arc<LiveStream>, u64), AiHttpError> {
+        let live = self
+            .get(stream_key)
+            .filter(|s| s.state.lock().ended_at.is_none());
+        if let Some(s) = live {
+            let generation = s.state.lock().generation;
+            return Ok((s, generation));
+        }
+        let url = format!("{}/live/{stream_key}/{file}", self.public_url);
+        let (id, profiles) = self
+            .authorize_stream(&url, stream_key)
+            .await
+            .map_err(|e| err(403, e))?;
+        self.open_stream(&id, profiles, false, false)
+            .map_err(|e| err(503, e))
+    }
 }
 
 fn playlist(text: String) -> Response {
@@ -171,11 +210,11 @@ fn not_found(what: impl Into<String>) -> Response {
 }
 
 /// `GET /stream/{stream}.m3u8`: the master playlist.
-async fn master(State(g): State<Gateway>, UrlPath(file): UrlPath<String>) -> Response {
+async fn master(State(live): State<Arc<Live>>, UrlPath(file): UrlPath<String>) -> Response {
     let Some(id) = file.strip_suffix(".m3u8") else {
         return not_found(format!("no such playlist `{file}`"));
     };
-    match g.streams().get(id) {
+    match live.get(id) {
         Some(s) => playlist(s.master(false)),
         None => not_found(format!("no stream `{id}`")),
     }
@@ -183,13 +222,13 @@ async fn master(State(g): State<Gateway>, UrlPath(file): UrlPath<String>) -> Res
 
 /// `GET /stream/{stream}/{rendition}.m3u8`: a media playlist.
 async fn media(
-    State(g): State<Gateway>,
+    State(live): State<Arc<Live>>,
     UrlPath((id, file)): UrlPath<(String, String)>,
 ) -> Response {
     let Some(name) = file.strip_suffix(".m3u8") else {
         return not_found(format!("no such playlist `{file}`"));
     };
-    let Some(s) = g.streams().get(&id) else {
+    let Some(s) = live.get(&id) else {
         return not_found(format!("no stream `{id}`"));
     };
     if name == "ll" {
@@ -216,11 +255,11 @@ pub(crate) struct Reload {
 /// low-latency HLS: `ll.m3u8` (blocking reload with `_HLS_msn`/`_HLS_part`), `init.mp4`,
 /// parts `{msn}.{part}.m4s` and whole segments `{msn}.m4s`.
 async fn segment(
-    State(g): State<Gateway>,
+    State(live): State<Arc<Live>>,
     UrlPath((id, name, file)): UrlPath<(String, String, String)>,
     Query(reload): Query<Reload>,
 ) -> Response {
-    let Some(s) = g.streams().get(&id) else {
+    let Some(s) = live.get(&id) else {
         return not_found(format!("no stream `{id}`"));
     };
     if file == "ll.m3u8" {
@@ -299,10 +338,10 @@ async fn ll_playlist(s: &LiveStream, name: &str, reload: Reload) -> Response {
 /// `GET /recordings/{stream}/{file}` and `/recordings/{stream}/{rendition}/{file}`: recorded
 /// playlists and segments.
 async fn recording(
-    State(g): State<Gateway>,
+    State(live): State<Arc<Live>>,
     UrlPath(parts): UrlPath<Vec<(String, String)>>,
 ) -> Response {
-    let Some(recorder) = g.streams().recorder.clone() else {
+    let Some(recorder) = live.recorder.clone() else {
         return not_found("this gateway does not record streams");
     };
     let rel: Vec<String> = parts.into_iter().map(|(_, v)| v).collect();

@@ -13,9 +13,8 @@
 
 mod ai_output;
 mod http;
+mod publish;
 mod remote;
-
-pub(crate) use http::{push_routes, routes};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,18 +23,13 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::body::Bytes;
 use parking_lot::Mutex;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use weir_media::hls::{self, MediaPlaylist, Variant};
-use weir_media::ingest::Publish;
-use weir_media::llhls::{ts_to_fmp4, Fmp4Segment, LlPlaylist};
-use weir_media::packet::IngestEvent;
+use weir_media::llhls::{Fmp4Segment, LlPlaylist};
 use weir_media::profile::Profile;
-use weir_media::transcode::Rendition;
-use weir_protocol::AiHttpError;
 
-use crate::dispatch::err;
+use crate::config::GatewayConfig;
+use crate::dispatch::Dispatcher;
 use crate::record::{RecordedVariant, Recorder};
-use crate::server::Gateway;
 
 /// Settings of live video on the gateway.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,20 +264,30 @@ impl LiveStream {
     }
 }
 
-/// The live streams of a gateway.
-pub(crate) struct Streams {
+/// Live video: the gateway's live streams, their playlists and recordings, and the path a
+/// segment takes to be transcoded.
+pub(crate) struct Live {
     config: LiveConfig,
+    /// The gateway's public URL (pushed streams are authorized by their URL on it).
+    public_url: String,
+    /// Deadline of one transcode attempt on an orchestrator.
+    attempt_timeout: Duration,
+    dispatcher: Arc<Dispatcher>,
     recorder: Option<Arc<Recorder>>,
     map: Mutex<HashMap<String, Arc<LiveStream>>>,
     segments: prometheus::IntCounterVec,
     live: prometheus::IntGauge,
 }
 
-impl Streams {
+impl Live {
+    /// Live video as `config` says, transcoding through `dispatcher`; its metrics are
+    /// registered in `metrics`.
     pub(crate) fn new(
         config: LiveConfig,
+        gateway: &GatewayConfig,
+        dispatcher: Arc<Dispatcher>,
         metrics: &prometheus::Registry,
-    ) -> Result<Streams, prometheus::Error> {
+    ) -> Result<Arc<Live>, prometheus::Error> {
         let segments = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "weir_live_segments_total",
@@ -294,7 +298,10 @@ impl Streams {
         let live = prometheus::IntGauge::new("weir_live_streams", "Live streams being ingested")?;
         metrics.register(Box::new(segments.clone()))?;
         metrics.register(Box::new(live.clone()))?;
-        Ok(Streams {
+        Ok(Arc::new(Live {
+            public_url: gateway.public_url.clone(),
+            attempt_timeout: gateway.attempt_timeout,
+            dispatcher,
             recorder: config
                 .record_dir
                 .clone()
@@ -303,7 +310,7 @@ impl Streams {
             map: Mutex::new(HashMap::new()),
             segments,
             live,
-        })
+        }))
     }
 
     fn get(&self, id: &str) -> Option<Arc<LiveStream>> {
@@ -340,11 +347,7 @@ fn valid_stream_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-impl Gateway {
-    fn streams(&self) -> &Streams {
-        &self.inner.streams
-    }
-
+impl Live {
     /// Ask the auth webhook (if any) about stream `key` published at `url`: the stream id and
     /// ladder to use, or why not.
     async fn authorize_stream(
@@ -352,7 +355,7 @@ impl Gateway {
         url: &str,
         key: &str,
     ) -> Result<(String, Vec<Profile>), String> {
-        let config = &self.streams().config;
+        let config = &self.config;
         let Some(hook) = &config.auth_webhook_url else {
             if !valid_stream_id(key) {
                 return Err(format!(
@@ -362,7 +365,7 @@ impl Gateway {
             return Ok((key.to_owned(), config.profiles.clone()));
         };
         let answer = self
-            .dispatcher()
+            .dispatcher
             .client()
             .post(hook)
             .json(&serde_json::json!({ "url": url }))
@@ -411,15 +414,14 @@ impl Gateway {
         connected: bool,
         ai_output: bool,
     ) -> Result<(Arc<LiveStream>, u64), String> {
-        let streams = self.streams();
         // Checked and taken under one lock: two publishes cannot both take the last session.
         let stream = {
-            let mut map = streams.map.lock();
+            let mut map = self.map.lock();
             let is_live = |s: &Arc<LiveStream>| s.state.lock().ended_at.is_none();
             let existing = map.get(id).cloned();
             if !ai_output && existing.as_ref().is_none_or(|s| !is_live(s)) {
                 let active = map.values().filter(|s| !s.ai_output && is_live(s)).count();
-                if active >= streams.config.max_sessions {
+                if active >= self.config.max_sessions {
                     return Err(format!(
                         "no sessions available: {active} streams are live (max_sessions)"
                     ));
@@ -429,7 +431,7 @@ impl Gateway {
                 // Same ladder: continue the playlists (a reconnect, or a pushed stream).
                 Some(s) if s.profiles == profiles => s,
                 _ => {
-                    let s = Arc::new(LiveStream::new(id, profiles, ai_output, &streams.config));
+                    let s = Arc::new(LiveStream::new(id, profiles, ai_output, &self.config));
                     map.insert(id.to_owned(), s.clone());
                     s
                 }
@@ -454,7 +456,7 @@ impl Gateway {
             st.last_active = Instant::now();
             st.generation
         };
-        streams.live.set(streams.active() as i64);
+        self.live.set(self.active() as i64);
         Ok((stream, generation))
     }
 
@@ -478,22 +480,22 @@ impl Gateway {
             })
             .collect();
         drop(st);
-        if let Some(recorder) = &self.streams().recorder {
+        if let Some(recorder) = &self.recorder {
             recorder.finish(&stream.id, variants);
         }
         tracing::info!(stream = %stream.id, "stream ended");
-        self.streams().live.set(self.streams().active() as i64);
+        self.live.set(self.active() as i64);
     }
 
     /// End idle pushed streams and forget long-ended ones, periodically.
-    pub(crate) fn spawn_live_janitor(&self) -> tokio::task::JoinHandle<()> {
-        let g = self.clone();
+    pub(crate) fn spawn_janitor(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let g = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let config = &g.streams().config;
-                let all: Vec<Arc<LiveStream>> = g.streams().map.lock().values().cloned().collect();
+                let config = &g.config;
+                let all: Vec<Arc<LiveStream>> = g.map.lock().values().cloned().collect();
                 for s in all {
                     let (idle, generation, ended) = {
                         let st = s.state.lock();
@@ -506,215 +508,12 @@ impl Gateway {
                     match ended {
                         None if idle => g.end_stream(&s, generation),
                         Some(at) if at.elapsed() >= config.keep_ended => {
-                            g.streams().map.lock().retain(|_, v| !Arc::ptr_eq(v, &s));
+                            g.map.lock().retain(|_, v| !Arc::ptr_eq(v, &s));
                         }
                         _ => {}
                     }
                 }
             }
         })
-    }
-
-    /// Read events from one publish until it ends, segmenting (the one segmenter loop) and
-    /// transcoding; segments are transcoded one after another, beside the segmenting.
-    async fn run_ingest(
-        self,
-        stream: Arc<LiveStream>,
-        generation: u64,
-        events: mpsc::Receiver<IngestEvent>,
-    ) {
-        let (segments, mut queue) = mpsc::channel::<weir_media::segmenter::Segment>(8);
-        let worker = {
-            let g = self.clone();
-            let stream = stream.clone();
-            tokio::spawn(async move {
-                while let Some(seg) = queue.recv().await {
-                    if stream.state.lock().generation != generation {
-                        break;
-                    }
-                    let duration = Duration::from_millis(seg.duration_ms);
-                    if let Err(e) = g
-                        .publish_segment(&stream, generation, seg.start_ms, duration, seg.data)
-                        .await
-                    {
-                        tracing::warn!(stream = %stream.id, error = %e, "segment listed untranscoded");
-                    }
-                }
-            })
-        };
-        let target = self.streams().config.segment;
-        let done = weir_media::ingest::segment(events, target, &stream.id, |seg| {
-            let segments = segments.clone();
-            async move { segments.send(seg).await.is_ok() }
-        })
-        .await;
-        self.streams()
-            .segments
-            .with_label_values(&["dropped"])
-            .inc_by(done.dropped);
-        drop(segments);
-        if let Err(e) = worker.await {
-            tracing::error!(stream = %stream.id, error = %e, "segment worker failed");
-        }
-        self.end_stream(&stream, generation);
-    }
-
-    /// Transcode one segment and list it (and its renditions) in the stream's playlists.
-    /// The source is listed even when transcoding fails; the error says why it failed.
-    async fn publish_segment(
-        &self,
-        stream: &LiveStream,
-        generation: u64,
-        start_ms: i64,
-        duration: Duration,
-        data: Bytes,
-    ) -> Result<Vec<Rendition>, AiHttpError> {
-        let (seq, at, discontinuity) = {
-            let mut st = stream.state.lock();
-            if st.generation != generation {
-                return Err(err(409, "the stream was republished; segment dropped"));
-            }
-            st.last_active = Instant::now();
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            // The first segment ends now: its first frame was captured `duration` ago.
-            let epoch = *st.epoch.get_or_insert_with(|| {
-                let now = SystemTime::now();
-                (now.checked_sub(duration).unwrap_or(now), start_ms)
-            });
-            let offset = start_ms.saturating_sub(epoch.1).max(0) as u64;
-            let at = epoch.0 + Duration::from_millis(offset);
-            (seq, at, std::mem::take(&mut st.discontinuity))
-        };
-        // The source is listed as soon as it is packaged, while the orchestrator transcodes.
-        let list_source = async {
-            let fmp4 = self.package(vec![data.clone()]).await.pop().flatten();
-            let mut st = stream.state.lock();
-            if st.generation == generation {
-                st.source
-                    .push(duration, at, discontinuity, data.clone(), fmp4);
-            }
-        };
-        let duration_ms = duration.as_millis().max(1) as u64;
-        let transcode = async {
-            let transcoded = self
-                .transcode_remote(&stream.id, seq, &stream.profiles, data.clone(), duration_ms)
-                .await;
-            let packaged = match &transcoded {
-                Ok(renditions) => {
-                    self.package(renditions.iter().map(|r| r.data.clone()).collect())
-                        .await
-                }
-                Err(_) => Vec::new(),
-            };
-            (transcoded, packaged)
-        };
-        let ((), (transcoded, packaged)) = tokio::join!(list_source, transcode);
-        self.record(
-            &stream.id,
-            vec![("source".to_owned(), duration, data)],
-            discontinuity,
-        );
-        let mut st = stream.state.lock();
-        if st.generation != generation {
-            return Err(err(409, "the stream was republished; renditions dropped"));
-        }
-        st.last_active = Instant::now();
-        let outcome = match &transcoded {
-            Ok(_) => "transcoded",
-            Err(_) => "untranscoded",
-        };
-        self.streams().segments.with_label_values(&[outcome]).inc();
-        match transcoded {
-            Ok(renditions) => {
-                let mut packaged: Vec<Option<Fmp4Segment>> = packaged;
-                for t in &mut st.renditions {
-                    match renditions.iter().position(|r| r.name == t.name) {
-                        Some(i) => {
-                            let r = &renditions[i];
-                            let d = Duration::from_millis(r.duration_ms.max(1));
-                            let fmp4 = packaged.get_mut(i).and_then(Option::take);
-                            t.push(d, at, discontinuity, r.data.clone(), fmp4);
-                        }
-                        None => t.gap = true,
-                    }
-                }
-                drop(st);
-                self.record(
-                    &stream.id,
-                    renditions
-                        .iter()
-                        .map(|r| {
-                            let d = Duration::from_millis(r.duration_ms.max(1));
-                            (r.name.clone(), d, r.data.clone())
-                        })
-                        .collect(),
-                    discontinuity,
-                );
-                Ok(renditions)
-            }
-            Err(e) => {
-                for t in &mut st.renditions {
-                    t.gap = true;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Append segments to the stream's recording, when streams are recorded (written in the
-    /// background, in the order asked).
-    fn record(&self, stream: &str, segments: Vec<(String, Duration, Bytes)>, discontinuity: bool) {
-        if let Some(recorder) = &self.streams().recorder {
-            for (rendition, duration, data) in segments {
-                recorder.append(stream, &rendition, duration, discontinuity, data);
-            }
-        }
-    }
-
-    /// MPEG-TS segments as fMP4 with low-latency parts; `None` for one that cannot be
-    /// packaged (logged; its low-latency playlist then marks a gap).
-    async fn package(&self, segments: Vec<Bytes>) -> Vec<Option<Fmp4Segment>> {
-        let part = self.streams().config.part;
-        let n = segments.len();
-        let work = tokio::task::spawn_blocking(move || {
-            segments
-                .iter()
-                .map(|ts| match ts_to_fmp4(ts, part) {
-                    Ok(seg) => Some(seg),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "segment not packaged for low-latency HLS");
-                        None
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
-        match work.await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "fMP4 packaging crashed");
-                (0..n).map(|_| None).collect()
-            }
-        }
-    }
-}
-
-impl Gateway {
-    /// Accept a publish (RTMP or any other ingest protocol) of a live stream: the stream key
-    /// names the stream, the auth webhook (if any) admits it and may name its ladder.
-    pub(crate) async fn publish_live(
-        &self,
-        publish: Publish,
-    ) -> Result<mpsc::Sender<IngestEvent>, String> {
-        let public = &self.inner.config.public_url;
-        let host = public.split_once("://").map_or(public.as_str(), |(_, h)| h);
-        let url = publish.url(host);
-        let (key, peer) = (&publish.key, publish.peer);
-        let (id, profiles) = self.authorize_stream(&url, key).await?;
-        let (stream, generation) = self.open_stream(&id, profiles, true, false)?;
-        tracing::info!(stream = %id, %peer, generation, protocol = publish.protocol.scheme(), "publish accepted");
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(self.clone().run_ingest(stream, generation, rx));
-        Ok(tx)
     }
 }

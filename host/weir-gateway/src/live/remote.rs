@@ -13,10 +13,10 @@ use weir_media::wire::{
 use weir_protocol::AiHttpError;
 use weir_runtime::{JobRequest, OutputSize, Param, ParamValue};
 
+use super::Live;
 use crate::dispatch::{err, Answer, Call, Choice, Dispatched};
-use crate::server::Gateway;
 
-impl Gateway {
+impl Live {
     /// Transcode one segment on an orchestrator, paying per output pixel.
     pub(super) async fn transcode_remote(
         &self,
@@ -50,10 +50,10 @@ impl Gateway {
                 count: profiles.len() as u32,
             },
             units,
-            sender: self.dispatcher().payments().sender(),
+            sender: self.dispatcher.payments().sender(),
         };
         let ladder = serde_json::to_string(profiles).map_err(|e| err(500, e.to_string()))?;
-        let dispatcher = self.dispatcher();
+        let dispatcher = &self.dispatcher;
         let queue = dispatcher
             .choose(CAPABILITY, None, MODEL, job)
             .await?
@@ -65,7 +65,7 @@ impl Gateway {
             data: &data,
             duration_ms,
             units,
-            timeout: self.inner.config.attempt_timeout,
+            timeout: self.attempt_timeout,
         };
         let Dispatched {
             choice,
