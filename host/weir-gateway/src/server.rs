@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) requests: IntCounterVec,
     pub(crate) streams: crate::live::Streams,
     pub(crate) ai_streams: crate::ai_streams::AiStreams,
+    /// BYOC batch jobs.
+    pub(crate) byoc: Arc<crate::byoc::Byoc>,
 }
 
 /// A running gateway; cheap to clone.
@@ -119,6 +121,7 @@ impl Gateway {
             client,
             metrics,
         )?);
+        let byoc = crate::byoc::Byoc::new(dispatcher.clone());
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,
@@ -128,6 +131,7 @@ impl Gateway {
                 requests,
                 streams,
                 ai_streams: Default::default(),
+                byoc,
             }),
         })
     }
