@@ -17,9 +17,10 @@ use weir_protocol::byoc::{JobRequest, JOB_HEADER, LIVEPEER_BALANCE_HEADER};
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
 use weir_protocol::AiHttpError;
 
-use crate::dispatch::{Answer, Call, Choice, Dispatched, Streaming, ORCHESTRATOR_HEADER};
+use crate::dispatch::{
+    Answer, Call, Choice, Dispatched, Dispatcher, Streaming, ORCHESTRATOR_HEADER,
+};
 use crate::payments::{GatewayPayments, Pending};
-use crate::server::Gateway;
 
 /// One BYOC request as the dispatcher sends it: the client's body to the orchestrator's
 /// `/process/request/{route}` with the job header; an event-stream answer is relayed as it
@@ -87,14 +88,59 @@ impl Call for ByocCall<'_> {
     }
 }
 
-/// The BYOC batch route: `POST /process/request/{route}`.
-pub(crate) fn routes() -> Router<Gateway> {
-    Router::new().route("/process/request/{*route}", post(process_request))
+/// The BYOC batch service: `POST /process/request/{route}` sent through the shared
+/// dispatcher (which also holds the payments).
+pub(crate) struct Byoc {
+    /// The shared select → pay → send → accept → retry path.
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl Byoc {
+    /// The BYOC service, sending its jobs through `dispatcher`.
+    pub(crate) fn new(dispatcher: Arc<Dispatcher>) -> Arc<Byoc> {
+        Arc::new(Byoc { dispatcher })
+    }
+
+    /// The BYOC batch route, `POST /process/request/{route}`, with the service as its state.
+    pub(crate) fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/process/request/{*route}", post(process_request))
+            .with_state(Arc::clone(self))
+    }
+
+    /// Run one BYOC job: chosen, paid and retried by the dispatcher, answered whole or as
+    /// relayed events.
+    async fn run(
+        &self,
+        route: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, AiHttpError> {
+        let dispatcher = &self.dispatcher;
+        let mut job = JobRequest::from_headers(headers)?;
+        job.sender = dispatcher.payments().sender();
+        let units = job.timeout_seconds;
+        let queue = dispatcher.choose_for_job(&job, units).await?;
+        let content_type = content_type_of(headers);
+        let job_header = job.to_header();
+        let call = ByocCall {
+            payments: dispatcher.payments(),
+            capability: job.capability.as_str(),
+            route,
+            content_type: &content_type,
+            job_header: &job_header,
+            body: &body,
+            units,
+            timeout: Duration::from_secs(job.timeout_seconds) + Duration::from_secs(2),
+        };
+        let dispatched = dispatcher.run(&request_id(&job), queue, &call).await?;
+        Ok(respond(call.capability, route, dispatched))
+    }
 }
 
 /// `POST /process/request/{route}`.
 async fn process_request(
-    State(g): State<Gateway>,
+    State(byoc): State<Arc<Byoc>>,
     UrlPath(route): UrlPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -103,51 +149,39 @@ async fn process_request(
         Ok(b) => b,
         Err(e) => return AiHttpError::from(e).into_response(),
     };
-    match run(&g, &route, &headers, body).await {
+    match byoc.run(&route, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn run(
-    g: &Gateway,
-    route: &str,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response, AiHttpError> {
-    let mut job = JobRequest::from_headers(headers)?;
-    let dispatcher = g.dispatcher();
-    job.sender = dispatcher.payments().sender();
-    let units = job.timeout_seconds;
-    let queue = dispatcher.choose_for_job(&job, units).await?;
-    let content_type = headers
+/// The client's content type, passed on to the orchestrator.
+fn content_type_of(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
-        .to_owned();
-    let job_header = job.to_header();
-    let request_id = if job.id.is_empty() {
+        .to_owned()
+}
+
+/// The job's own id, or a fresh one when the client gave none.
+fn request_id(job: &JobRequest) -> String {
+    if job.id.is_empty() {
         format!("byoc-{:016x}", rand::random::<u64>())
     } else {
         job.id.clone()
-    };
-    let cap = job.capability.as_str();
-    let call = ByocCall {
-        payments: dispatcher.payments(),
-        capability: cap,
-        route,
-        content_type: &content_type,
-        job_header: &job_header,
-        body: &body,
-        units,
-        timeout: Duration::from_secs(job.timeout_seconds) + Duration::from_secs(2),
-    };
+    }
+}
+
+/// The client's response to a dispatched job: the whole answer with its charge, or the
+/// orchestrator's events relayed as they come; with the [answer's headers](add_answer_headers).
+fn respond(cap: &str, route: &str, dispatched: Dispatched<Reply>) -> Response {
     let Dispatched {
         choice,
         output: reply,
         charge,
         attempts: tried,
-    } = dispatcher.run(&request_id, queue, &call).await?;
+    } = dispatched;
     let (mut response, content_type, balance) = match reply {
         Reply::Whole(answer) => {
             tracing::info!(capability = %cap, route, orchestrator = %choice.url, charge, attempts = tried, "BYOC job served");
@@ -171,18 +205,28 @@ async fn run(
             )
         }
     };
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&content_type) {
+    add_answer_headers(response.headers_mut(), &content_type, balance, &choice.url);
+    response
+}
+
+/// The headers every BYOC answer carries: its content type, the balance the orchestrator
+/// reported (in both header spellings) and the orchestrator that served it.
+fn add_answer_headers(
+    h: &mut HeaderMap,
+    content_type: &str,
+    balance: Option<u64>,
+    orchestrator: &str,
+) {
+    if let Ok(v) = HeaderValue::from_str(content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
     if let Some(b) = balance {
         h.insert(LIVEPEER_BALANCE_HEADER, HeaderValue::from(b));
         h.insert(BALANCE_HEADER, HeaderValue::from(b));
     }
-    if let Ok(v) = HeaderValue::from_str(&choice.url) {
+    if let Ok(v) = HeaderValue::from_str(orchestrator) {
         h.insert(ORCHESTRATOR_HEADER, v);
     }
-    Ok(response)
 }
 
 /// What an orchestrator answered a BYOC job.

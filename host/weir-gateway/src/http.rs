@@ -20,7 +20,7 @@ pub(crate) fn router(g: &Gateway) -> Router {
         .merge(crate::jobs::routes())
         .merge(crate::ai::routes())
         .route("/gateway/orchestrators", get(orchestrators))
-        .merge(crate::byoc::routes())
+        .merge(g.inner.byoc.routes())
         .merge(crate::ai_streams::routes())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(g.clone(), require_client));

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) requests: IntCounterVec,
     pub(crate) live: Arc<crate::live::Live>,
     pub(crate) ai_streams: crate::ai_streams::AiStreams,
+    /// BYOC batch jobs.
+    pub(crate) byoc: Arc<crate::byoc::Byoc>,
 }
 
 /// A running gateway; cheap to clone.
@@ -121,6 +123,7 @@ impl Gateway {
         )?);
         let live =
             crate::live::Live::new(config.live.clone(), &config, dispatcher.clone(), metrics)?;
+        let byoc = crate::byoc::Byoc::new(dispatcher.clone());
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,
@@ -130,6 +133,7 @@ impl Gateway {
                 requests,
                 live,
                 ai_streams: Default::default(),
+                byoc,
             }),
         })
     }
