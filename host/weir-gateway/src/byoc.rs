@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::Router;
 use weir_protocol::byoc::{JobRequest, JOB_HEADER, LIVEPEER_BALANCE_HEADER};
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
-use weir_protocol::AiHttpError;
+use weir_protocol::{AiBody, AiHttpError};
 
 use crate::dispatch::{
     Answer, Call, Choice, Dispatched, Dispatcher, Streaming, ORCHESTRATOR_HEADER,
@@ -143,12 +143,8 @@ async fn process_request(
     State(byoc): State<Arc<Byoc>>,
     UrlPath(route): UrlPath<String>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    AiBody(body): AiBody,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return AiHttpError::from(e).into_response(),
-    };
     match byoc.run(&route, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

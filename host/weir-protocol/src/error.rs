@@ -132,6 +132,27 @@ impl From<axum_core::extract::rejection::BytesRejection> for AiHttpError {
     }
 }
 
+/// The whole request body as an extractor whose refusal (a body over the size limit: 413, or
+/// one cut off) is already in the AI error shape instead of axum's plain text. Every handler
+/// of both roles that reads a body whole takes it this way.
+#[cfg(feature = "axum")]
+pub struct AiBody(pub bytes::Bytes);
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum_core::extract::FromRequest<S> for AiBody {
+    type Rejection = AiHttpError;
+
+    async fn from_request(
+        req: axum_core::extract::Request,
+        state: &S,
+    ) -> Result<AiBody, AiHttpError> {
+        bytes::Bytes::from_request(req, state)
+            .await
+            .map(AiBody)
+            .map_err(AiHttpError::from)
+    }
+}
+
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for AiHttpError {
     fn into_response(self) -> axum_core::response::Response {

@@ -25,4 +25,6 @@ pub mod multipart;
 pub mod openapi;
 
 pub use capability::{Capability, UnitKind};
+#[cfg(feature = "axum")]
+pub use error::AiBody;
 pub use error::{AiErrorBody, AiHttpError, FieldError, ValidationErrors};
