@@ -2,7 +2,7 @@
 //! RTMP publishes go.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::payments::GatewayPayments;
+use crate::seams::{BoxFut, StreamOutput, StreamOutputs};
 use crate::storage::ResultStore;
 
 /// Why the gateway could not start.
@@ -44,7 +45,7 @@ pub(crate) struct Inner {
     /// AI API requests by capability and status.
     pub(crate) requests: IntCounterVec,
     pub(crate) streams: crate::live::Streams,
-    pub(crate) ai_streams: crate::ai_streams::AiStreams,
+    pub(crate) ai_streams: Arc<crate::ai_streams::AiStreams>,
 }
 
 /// A running gateway; cheap to clone.
@@ -120,14 +121,18 @@ impl Gateway {
             metrics,
         )?);
         Ok(Gateway {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|inner| Inner {
+                ai_streams: crate::ai_streams::AiStreams::new(
+                    config.clone(),
+                    dispatcher.clone(),
+                    Arc::new(LiveOutputs(inner.clone())),
+                ),
                 config,
                 dispatcher,
                 store: Arc::new(store),
                 jobs: Some(Arc::new(jobs)),
                 requests,
                 streams,
-                ai_streams: Default::default(),
             }),
         })
     }
@@ -178,11 +183,47 @@ impl PublishHandler for Gateway {
     fn publish(&self, publish: Publish) -> Decision {
         let g = self.clone();
         Box::pin(async move {
-            if let Some(tx) = g.ai_ingest(&publish.key) {
+            if let Some(tx) = g.inner.ai_streams.ai_ingest(&publish.key) {
                 tracing::info!(peer = %publish.peer, "publish of a live AI stream accepted");
                 return Ok(tx);
             }
             g.publish_live(publish).await
         })
+    }
+}
+
+// temporary: replaced by the Live service at merge
+/// Live video's HLS output as live AI streams use it, while live video is still part of the
+/// [`Gateway`]. Holds the gateway weakly: the gateway holds the AI streams that hold this.
+struct LiveOutputs(Weak<Inner>);
+
+// temporary: replaced by the Live service at merge
+impl StreamOutputs for LiveOutputs {
+    fn open(&self, id: &str) -> Option<Arc<dyn StreamOutput>> {
+        let gateway = Gateway {
+            inner: self.0.upgrade()?,
+        };
+        let output = gateway.open_ai_output(id)?;
+        Some(Arc::new(LiveOutput(Box::new(move |data| {
+            let output = output.clone();
+            Box::pin(async move { output.list(data).await })
+        }))))
+    }
+
+    fn end(&self, id: &str) {
+        if let Some(inner) = self.0.upgrade() {
+            Gateway { inner }.end_ai_output(id);
+        }
+    }
+}
+
+// temporary: replaced by the Live service at merge
+/// One session's HLS output, as live video opened it: what lists a segment there.
+struct LiveOutput(Box<dyn Fn(axum::body::Bytes) -> BoxFut<'static, ()> + Send + Sync>);
+
+// temporary: replaced by the Live service at merge
+impl StreamOutput for LiveOutput {
+    fn list(&self, data: axum::body::Bytes) -> BoxFut<'_, ()> {
+        (self.0)(data)
     }
 }
