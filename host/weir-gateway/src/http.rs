@@ -21,7 +21,7 @@ pub(crate) fn router(g: &Gateway) -> Router {
         .merge(crate::ai::routes())
         .route("/gateway/orchestrators", get(orchestrators))
         .merge(g.inner.byoc.routes())
-        .merge(crate::ai_streams::routes())
+        .merge(g.inner.ai_streams.routes())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(g.clone(), require_client));
     let push = g

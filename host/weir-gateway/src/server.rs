@@ -16,7 +16,6 @@ use crate::config::GatewayConfig;
 use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::payments::GatewayPayments;
-use crate::seams::{StreamOutput, StreamOutputs};
 use crate::storage::ResultStore;
 
 /// Why the gateway could not start.
@@ -44,8 +43,10 @@ pub(crate) struct Inner {
     pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
     /// AI API requests by capability and status.
     pub(crate) requests: IntCounterVec,
+    /// Live video.
     pub(crate) live: Arc<crate::live::Live>,
-    pub(crate) ai_streams: crate::ai_streams::AiStreams,
+    /// Live AI streams.
+    pub(crate) ai_streams: Arc<crate::ai_streams::AiStreams>,
     /// BYOC batch jobs.
     pub(crate) byoc: Arc<crate::byoc::Byoc>,
 }
@@ -124,6 +125,11 @@ impl Gateway {
         let live =
             crate::live::Live::new(config.live.clone(), &config, dispatcher.clone(), metrics)?;
         let byoc = crate::byoc::Byoc::new(dispatcher.clone());
+        let ai_streams = crate::ai_streams::AiStreams::new(
+            config.clone(),
+            dispatcher.clone(),
+            Arc::new(live.clone()),
+        );
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,
@@ -132,7 +138,7 @@ impl Gateway {
                 jobs: Some(Arc::new(jobs)),
                 requests,
                 live,
-                ai_streams: Default::default(),
+                ai_streams,
                 byoc,
             }),
         })
@@ -184,23 +190,11 @@ impl PublishHandler for Gateway {
     fn publish(&self, publish: Publish) -> Decision {
         let g = self.clone();
         Box::pin(async move {
-            if let Some(tx) = g.ai_ingest(&publish.key) {
+            if let Some(tx) = g.inner.ai_streams.ai_ingest(&publish.key) {
                 tracing::info!(peer = %publish.peer, "publish of a live AI stream accepted");
                 return Ok(tx);
             }
             g.inner.live.publish_live(publish).await
         })
-    }
-}
-
-/// The HLS output of live AI streams, from live video (until AI streams hold the
-/// [`StreamOutputs`] seam themselves).
-impl Gateway {
-    pub(crate) fn open_ai_output(&self, id: &str) -> Option<Arc<dyn StreamOutput>> {
-        self.inner.live.open(id)
-    }
-
-    pub(crate) fn end_ai_output(&self, id: &str) {
-        self.inner.live.end(id);
     }
 }

@@ -17,30 +17,41 @@ use weir_protocol::byoc::{JobRequest, StreamStart, StreamUrls, JOB_HEADER};
 use weir_protocol::AiHttpError;
 
 use crate::dispatch::err;
-use crate::server::Gateway;
 
-use super::{AiStream, Command};
+use super::{AiStream, AiStreams, Command};
 
 fn urls_response(urls: StreamUrls) -> Response {
     Json(urls).into_response()
 }
 
-/// The AI streams' routes: start, update, status, stop and data of BYOC streams, and the
-/// Livepeer live video-to-video start, update and status.
-pub(crate) fn routes() -> Router<Gateway> {
-    Router::new()
-        .route("/process/stream/start", post(start))
-        .route("/process/stream/{id}/update", post(update))
-        .route("/process/stream/{id}/status", get(status))
-        .route("/process/stream/{id}/stop", post(stop))
-        .route("/process/stream/{id}/data", get(data))
-        .route("/live/video-to-video/{stream}/start", post(live_start))
-        .route("/live/video-to-video/{id}/update", post(update))
-        .route("/live/video-to-video/{id}/status", get(status))
+impl AiStreams {
+    /// The AI streams' routes: start, update, status, stop and data of BYOC streams, and the
+    /// Livepeer live video-to-video start, update and status.
+    pub(crate) fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/process/stream/start", post(start))
+            .route("/process/stream/{id}/update", post(update))
+            .route("/process/stream/{id}/status", get(status))
+            .route("/process/stream/{id}/stop", post(stop))
+            .route("/process/stream/{id}/data", get(data))
+            .route("/live/video-to-video/{stream}/start", post(live_start))
+            .route("/live/video-to-video/{id}/update", post(update))
+            .route("/live/video-to-video/{id}/status", get(status))
+            .with_state(Arc::clone(self))
+    }
+
+    /// The stream `id`, or a 404.
+    fn stream(&self, id: &str) -> Result<Arc<AiStream>, AiHttpError> {
+        self.map
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(404, format!("no stream `{id}`")))
+    }
 }
 
 /// `POST /process/stream/start`: `Livepeer` header + `{stream_name, rtmp_output, stream_id, params}`.
-async fn start(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+async fn start(State(streams): State<Arc<AiStreams>>, headers: HeaderMap, body: Bytes) -> Response {
     let run = async {
         let job = weir_protocol::byoc::JobRequest::from_headers(&headers)?;
         let start: StreamStart = if body.is_empty() {
@@ -49,7 +60,7 @@ async fn start(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> Res
             serde_json::from_slice(&body)
                 .map_err(|e| err(400, format!("not a stream start: {e}")))?
         };
-        g.start_ai_stream(job, start).await
+        streams.start(job, start).await
     };
     match run.await {
         Ok(urls) => urls_response(urls),
@@ -61,7 +72,7 @@ async fn start(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> Res
 /// pipeline (capability) and params come as JSON `{pipeline, params}`, or as the `query`
 /// field (`pipeline=…&params=…`) Livepeer's media server sends.
 async fn live_start(
-    State(g): State<Gateway>,
+    State(streams): State<Arc<AiStreams>>,
     UrlPath(stream): UrlPath<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -116,16 +127,17 @@ async fn live_start(
             },
         };
         job.validate().map_err(|e| err(400, e))?;
-        g.start_ai_stream(
-            job,
-            StreamStart {
-                stream_name: stream.clone(),
-                rtmp_output: String::new(),
-                stream_id: stream,
-                params: req.params,
-            },
-        )
-        .await
+        streams
+            .start(
+                job,
+                StreamStart {
+                    stream_name: stream.clone(),
+                    rtmp_output: String::new(),
+                    stream_id: stream,
+                    params: req.params,
+                },
+            )
+            .await
     };
     match run.await {
         Ok(urls) => urls_response(urls),
@@ -157,24 +169,19 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn stream_of(g: &Gateway, id: &str) -> Result<Arc<AiStream>, AiHttpError> {
-    g.ai_streams()
-        .map
-        .lock()
-        .get(id)
-        .cloned()
-        .ok_or_else(|| err(404, format!("no stream `{id}`")))
-}
-
 /// `POST /process/stream/{id}/update`: new params, forwarded over the control channel.
-async fn update(State(g): State<Gateway>, UrlPath(id): UrlPath<String>, body: Bytes) -> Response {
+async fn update(
+    State(streams): State<Arc<AiStreams>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
     let run = async {
         let params: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| err(400, format!("the params are not JSON: {e}")))?;
         if !params.is_object() {
             return Err(err(400, "the params must be a JSON object"));
         }
-        let stream = stream_of(&g, &id)?;
+        let stream = streams.stream(&id)?;
         let (tx, rx) = oneshot::channel();
         stream
             .commands
@@ -190,17 +197,17 @@ async fn update(State(g): State<Gateway>, UrlPath(id): UrlPath<String>, body: By
 }
 
 /// `GET /process/stream/{id}/status`.
-async fn status(State(g): State<Gateway>, UrlPath(id): UrlPath<String>) -> Response {
-    match stream_of(&g, &id) {
+async fn status(State(streams): State<Arc<AiStreams>>, UrlPath(id): UrlPath<String>) -> Response {
+    match streams.stream(&id) {
         Ok(s) => Json(s.status.lock().clone()).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 /// `POST /process/stream/{id}/stop`.
-async fn stop(State(g): State<Gateway>, UrlPath(id): UrlPath<String>) -> Response {
+async fn stop(State(streams): State<Arc<AiStreams>>, UrlPath(id): UrlPath<String>) -> Response {
     let run = async {
-        let stream = stream_of(&g, &id)?;
+        let stream = streams.stream(&id)?;
         let (tx, rx) = oneshot::channel();
         if stream
             .commands
@@ -220,8 +227,8 @@ async fn stop(State(g): State<Gateway>, UrlPath(id): UrlPath<String>) -> Respons
 }
 
 /// `GET /process/stream/{id}/data`: the worker's JSONL data as server-sent events.
-async fn data(State(g): State<Gateway>, UrlPath(id): UrlPath<String>) -> Response {
-    let stream = match stream_of(&g, &id) {
+async fn data(State(streams): State<Arc<AiStreams>>, UrlPath(id): UrlPath<String>) -> Response {
+    let stream = match streams.stream(&id) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };

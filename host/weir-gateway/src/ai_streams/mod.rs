@@ -14,9 +14,10 @@
 
 mod data;
 mod http;
+mod owner;
+mod readers;
 mod session;
-
-pub(crate) use http::routes;
+mod start;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,12 +29,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use weir_media::packet::IngestEvent;
 use weir_payments::UnitPrice;
-use weir_protocol::byoc::{JobRequest, StreamChannels, StreamStart, StreamUrls};
+use weir_protocol::byoc::{JobRequest, StreamChannels};
 use weir_protocol::AiHttpError;
 use weir_trickle::Publisher;
 
-use crate::dispatch::{err, Choice};
-use crate::server::Gateway;
+use crate::config::GatewayConfig;
+use crate::dispatch::{Choice, Dispatcher};
+use crate::seams::StreamOutputs;
 
 /// Settings of live AI streams (`[gateway.streams]`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -69,6 +71,8 @@ impl Default for StreamsConfig {
     }
 }
 
+/// What a stream's owner task is told: by the ingest, the HTTP routes and the session's
+/// readers.
 enum Command {
     Segment(Bytes),
     IngestEnded,
@@ -109,6 +113,8 @@ struct Status {
     error: Option<String>,
 }
 
+/// One live AI stream as the routes and the ingest see it: its owner task's commands, its
+/// status and its data records.
 struct AiStream {
     id: String,
     commands: mpsc::Sender<Command>,
@@ -116,38 +122,47 @@ struct AiStream {
     data: broadcast::Sender<Arc<str>>,
 }
 
-/// The live AI streams of a gateway.
-#[derive(Default)]
+/// The live AI streams of a gateway: the service that starts them, owns them while they run
+/// and serves their routes.
 pub(crate) struct AiStreams {
+    config: Arc<GatewayConfig>,
+    /// The shared path to orchestrators: selection, payments, the HTTP client.
+    dispatcher: Arc<Dispatcher>,
+    /// Where the streams' output is shown as HLS.
+    outputs: Arc<dyn StreamOutputs>,
     map: Mutex<HashMap<String, Arc<AiStream>>>,
     /// RTMP stream key → stream id.
     keys: Mutex<HashMap<String, String>>,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-impl Gateway {
-    fn ai_streams(&self) -> &AiStreams {
-        &self.inner.ai_streams
+impl AiStreams {
+    /// The live AI streams of the gateway configured by `config`, reaching orchestrators
+    /// through `dispatcher` and showing their output through `outputs`.
+    pub(crate) fn new(
+        config: Arc<GatewayConfig>,
+        dispatcher: Arc<Dispatcher>,
+        outputs: Arc<dyn StreamOutputs>,
+    ) -> Arc<AiStreams> {
+        Arc::new(AiStreams {
+            config,
+            dispatcher,
+            outputs,
+            map: Mutex::default(),
+            keys: Mutex::default(),
+        })
     }
 
     fn streams_config(&self) -> &StreamsConfig {
-        &self.inner.config.streams
+        &self.config.streams
     }
 
     /// The ingest of the AI stream keyed `key`, if there is one: its segments (cut by the one
     /// segmenter loop) go to the stream's owner task, dropped when the stream is behind.
     pub(crate) fn ai_ingest(&self, key: &str) -> Option<mpsc::Sender<IngestEvent>> {
-        let id = self.ai_streams().keys.lock().get(key).cloned()?;
-        let stream = self.ai_streams().map.lock().get(&id).cloned()?;
+        let id = self.keys.lock().get(key).cloned()?;
+        let stream = self.map.lock().get(&id).cloned()?;
         let (tx, rx) = mpsc::channel::<IngestEvent>(1024);
-        let target = self.inner.config.live.segment;
+        let target = self.config.live.segment;
         tokio::spawn(async move {
             weir_media::ingest::segment(rx, target, &stream.id, |seg| {
                 if stream
@@ -163,123 +178,6 @@ impl Gateway {
             let _ = stream.commands.send(Command::IngestEnded).await;
         });
         Some(tx)
-    }
-
-    /// Start a stream of `job.capability`: pick, pay and start on an orchestrator, then hand
-    /// it to its owner task.
-    async fn start_ai_stream(
-        &self,
-        job: JobRequest,
-        start: StreamStart,
-    ) -> Result<StreamUrls, AiHttpError> {
-        if !start.rtmp_output.is_empty() {
-            return Err(err(
-                501,
-                "rtmp_output is not supported yet: watch the stream over HLS",
-            ));
-        }
-        let id = if start.stream_id.is_empty() {
-            format!("{:016x}", rand::random::<u64>())
-        } else if valid_id(&start.stream_id) {
-            start.stream_id.clone()
-        } else {
-            return Err(err(
-                400,
-                "stream_id must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`",
-            ));
-        };
-        let config = self.streams_config().clone();
-        {
-            let map = self.ai_streams().map.lock();
-            if map.contains_key(&id) {
-                return Err(err(409, format!("stream `{id}` already exists")));
-            }
-            if map.len() >= config.max_streams {
-                return Err(err(
-                    503,
-                    format!("{} streams are live (max_streams)", map.len()),
-                ));
-            }
-        }
-        let params = if start.params.is_null() {
-            serde_json::json!({})
-        } else {
-            start.params.clone()
-        };
-        let mut owner = Owner {
-            g: self.clone(),
-            id: id.clone(),
-            job,
-            params: params.clone(),
-            session: None,
-            generation: 0,
-            tried: Vec::new(),
-            swaps: Vec::new(),
-            stream: None,
-            commands: None,
-        };
-        let session = owner.start_session().await?;
-        let (commands, rx) = mpsc::channel(16);
-        let (data, _) = broadcast::channel(256);
-        let stream = Arc::new(AiStream {
-            id: id.clone(),
-            commands: commands.clone(),
-            status: Mutex::new(Status {
-                stream_id: id.clone(),
-                capability: owner.job.capability.clone(),
-                state: "running",
-                orchestrator: Some(session.choice.url.clone()),
-                swaps: 0,
-                segments_in: 0,
-                segments_out: 0,
-                paid: session.paid,
-                charged: 0,
-                params,
-                last_event: None,
-                stop_reason: None,
-                error: None,
-            }),
-            data,
-        });
-        let key = format!("{:032x}", rand::random::<u128>());
-        let inserted = {
-            let mut map = self.ai_streams().map.lock();
-            if map.contains_key(&id) {
-                false
-            } else {
-                map.insert(id.clone(), stream.clone());
-                self.ai_streams()
-                    .keys
-                    .lock()
-                    .insert(key.clone(), id.clone());
-                true
-            }
-        };
-        if !inserted {
-            owner.session = Some(session);
-            owner
-                .stop_session("a stream with this id started meanwhile")
-                .await;
-            return Err(err(409, format!("stream `{id}` already exists")));
-        }
-        owner.stream = Some(stream);
-        owner.commands = Some(commands);
-        owner.attach(session);
-        tokio::spawn(owner.run(rx, key.clone()));
-        let public = self.inner.config.public_url.trim_end_matches('/');
-        let base = format!("{public}/process/stream/{id}");
-        Ok(StreamUrls {
-            stream_id: id.clone(),
-            rtmp_url: format!("{}/{key}", config.rtmp_base.trim_end_matches('/')),
-            whip_url: String::new(),
-            whep_url: String::new(),
-            rtmp_output_url: String::new(),
-            hls_url: format!("{public}/stream/{id}.m3u8"),
-            update_url: format!("{base}/update"),
-            status_url: format!("{base}/status"),
-            data_url: format!("{base}/data"),
-            stop_url: format!("{base}/stop"),
-        })
     }
 }
 
@@ -298,7 +196,7 @@ struct Session {
 
 /// The single owner of a gateway-side stream.
 struct Owner {
-    g: Gateway,
+    streams: Arc<AiStreams>,
     id: String,
     job: JobRequest,
     params: serde_json::Value,
