@@ -39,10 +39,10 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     /// The shared path every call to an orchestrator takes.
     pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) store: Arc<ResultStore>,
-    pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
-    /// AI API requests by capability and status.
-    pub(crate) requests: IntCounterVec,
+    /// The AI API.
+    pub(crate) ai: Arc<crate::ai::Ai>,
+    /// The jobs API and its workers.
+    pub(crate) jobs: Arc<crate::jobs::Jobs>,
     pub(crate) streams: crate::live::Streams,
     pub(crate) ai_streams: crate::ai_streams::AiStreams,
 }
@@ -80,13 +80,6 @@ impl Gateway {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| GatewayError::Io(format!("HTTP client: {e}")))?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "weir_gateway_requests_total",
-                "AI API requests by capability and status",
-            ),
-            &["capability", "status"],
-        )?;
         let mismatches = IntCounterVec::new(
             Opts::new(
                 "weir_gateway_balance_disputes_total",
@@ -94,9 +87,7 @@ impl Gateway {
             ),
             &["orchestrator"],
         )?;
-        for c in [&requests, &mismatches] {
-            metrics.register(Box::new(c.clone()))?;
-        }
+        metrics.register(Box::new(mismatches.clone()))?;
         let discovery = Arc::new(Discovery::new(
             &config.orchestrators,
             config.orch_webhook_url.clone(),
@@ -106,9 +97,6 @@ impl Gateway {
         weir_media::profile::validate_ladder(&config.live.profiles)
             .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
         let streams = crate::live::Streams::new(config.live.clone(), metrics)?;
-        let jobs =
-            crate::jobs::Jobs::open(&config.jobs, &config.data_dir, &config.public_url, metrics)
-                .await?;
         tracing::info!(sender = %wallet.sender(), "gateway wallet");
         let config = Arc::new(config);
         let dispatcher = Arc::new(Dispatcher::new(
@@ -119,13 +107,15 @@ impl Gateway {
             client,
             metrics,
         )?);
+        let store = Arc::new(store);
+        let ai = crate::ai::Ai::new(config.clone(), dispatcher.clone(), store.clone(), metrics)?;
+        let jobs = crate::jobs::Jobs::open(&config, ai.clone(), store, metrics).await?;
         Ok(Gateway {
             inner: Arc::new(Inner {
                 config,
                 dispatcher,
-                store: Arc::new(store),
-                jobs: Some(Arc::new(jobs)),
-                requests,
+                ai,
+                jobs,
                 streams,
                 ai_streams: Default::default(),
             }),
@@ -154,7 +144,7 @@ impl Gateway {
         let refresh = self
             .discovery()
             .spawn_refresh(self.inner.config.refresh_interval);
-        let jobs = self.spawn_jobs();
+        let jobs = self.inner.jobs.spawn();
         tokio::spawn(async move {
             let _ = tokio::join!(janitor, refresh, futures_util::future::join_all(jobs));
         })

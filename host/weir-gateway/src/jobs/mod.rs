@@ -9,9 +9,9 @@
 
 mod http;
 mod openapi;
+mod request;
 mod worker;
 
-pub(crate) use http::{public_routes, routes};
 pub(crate) use openapi::openapi_paths;
 
 use std::collections::HashMap;
@@ -35,8 +35,9 @@ use weir_jobs::webhook::{RetrySchedule, WebhookSecret, WebhookSender};
 use weir_protocol::multipart;
 use weir_storage::Storage;
 
-/// The guidance prompt an upscale job sends when its submit gave none.
-const UPSCALE_PROMPT: &str = "high quality, sharp details";
+use crate::config::GatewayConfig;
+use crate::seams::AiRequests;
+use crate::storage::ResultStore;
 
 /// Settings of the jobs API (`[gateway.jobs]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,11 +164,17 @@ impl JobMetrics {
     }
 }
 
-/// The jobs engine of one gateway.
+/// The jobs API and engine of one gateway: its store, storage, workers and routes.
 pub(crate) struct Jobs {
+    /// The AI API the workers run jobs through.
+    ai: Arc<dyn AiRequests>,
+    /// Where the AI API keeps the media of its answers, read back as job results.
+    results: Arc<ResultStore>,
+    /// The gateway's public URL, for job locations.
+    public_url: String,
     store: Arc<dyn JobStore>,
     catalog: Catalog,
-    pub(crate) storage: Storage,
+    storage: Storage,
     egress: EgressClient,
     webhooks: WebhookSender,
     secret: WebhookSecret,
@@ -181,25 +188,23 @@ pub(crate) struct Jobs {
 }
 
 impl Jobs {
-    /// Open the store and storage of `config`; `data_dir` holds the defaults.
+    /// Open the store and storage of the gateway's `[gateway.jobs]` (its data directory holds
+    /// the defaults); jobs run through `ai` and read their outputs from `results`.
     pub(crate) async fn open(
-        config: &JobsConfig,
-        data_dir: &std::path::Path,
-        public_url: &str,
+        gateway: &GatewayConfig,
+        ai: Arc<dyn AiRequests>,
+        results: Arc<ResultStore>,
         metrics: &prometheus::Registry,
-    ) -> Result<Jobs, JobsError> {
+    ) -> Result<Arc<Jobs>, JobsError> {
+        let (config, data_dir) = (&gateway.jobs, gateway.data_dir.as_path());
+        let public_url = gateway.public_url.as_str();
         let catalog = Catalog::new(&config.models).map_err(JobsError::Config)?;
         let database = config
             .database
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("jobs.db").display()));
         let store = store::open(&database).await?;
-        let secret = match &config.webhook_secret {
-            Some(s) => s
-                .parse::<WebhookSecret>()
-                .map_err(|e| JobsError::Config(format!("webhook_secret: {e}")))?,
-            None => secret_file(&data_dir.join("webhook-secret"))?,
-        };
+        let secret = webhook_secret(config, data_dir)?;
         let storage_config =
             config
                 .storage
@@ -211,19 +216,7 @@ impl Jobs {
         // restarts and shared by gateways configured alike.
         let link_key = Sha256::digest(format!("weir-object-links:{}", secret.as_str()));
         let storage = Storage::open(&storage_config, public_url, &link_key).await?;
-        let egress_policy = |timeout: u64, max_bytes: usize| EgressPolicy {
-            allow_private: config.allow_private_urls,
-            max_bytes,
-            timeout: Duration::from_secs(timeout.max(1)),
-            max_redirects: 3,
-        };
-        let egress = EgressClient::new(egress_policy(
-            config.input_timeout_secs,
-            config.max_input_mib.clamp(1, 1024) << 20,
-        ))
-        .map_err(|e| JobsError::Config(format!("egress: {e}")))?;
-        let hook_egress = EgressClient::new(egress_policy(config.webhook_timeout_secs, 64 << 10))
-            .map_err(|e| JobsError::Config(format!("webhook egress: {e}")))?;
+        let (egress, hook_egress) = egress_clients(config)?;
         let schedule = match &config.webhook_retry_secs {
             Some(delays) => RetrySchedule {
                 delays: delays.iter().map(|s| Duration::from_secs(*s)).collect(),
@@ -233,7 +226,10 @@ impl Jobs {
         };
         let worker = format!("gw-{}-{:08x}", std::process::id(), rand::random::<u32>());
         tracing::info!(backend = store.backend(), storage = storage.backend(), %worker, models = catalog.ids().count(), "jobs engine ready");
-        Ok(Jobs {
+        Ok(Arc::new(Jobs {
+            ai,
+            results,
+            public_url: public_url.to_owned(),
             store,
             catalog,
             storage,
@@ -247,7 +243,7 @@ impl Jobs {
             running: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
             metrics: JobMetrics::new(metrics)?,
-        })
+        }))
     }
 
     /// The configured models.
@@ -274,6 +270,37 @@ impl Jobs {
         entry.1 += 1;
         entry.1 <= limit
     }
+}
+
+/// The webhook signing secret: the configured one, or the one kept in `data_dir`.
+fn webhook_secret(
+    config: &JobsConfig,
+    data_dir: &std::path::Path,
+) -> Result<WebhookSecret, JobsError> {
+    match &config.webhook_secret {
+        Some(s) => s
+            .parse::<WebhookSecret>()
+            .map_err(|e| JobsError::Config(format!("webhook_secret: {e}"))),
+        None => secret_file(&data_dir.join("webhook-secret")),
+    }
+}
+
+/// The SSRF-safe clients that fetch inputs and send webhooks.
+fn egress_clients(config: &JobsConfig) -> Result<(EgressClient, EgressClient), JobsError> {
+    let egress_policy = |timeout: u64, max_bytes: usize| EgressPolicy {
+        allow_private: config.allow_private_urls,
+        max_bytes,
+        timeout: Duration::from_secs(timeout.max(1)),
+        max_redirects: 3,
+    };
+    let egress = EgressClient::new(egress_policy(
+        config.input_timeout_secs,
+        config.max_input_mib.clamp(1, 1024) << 20,
+    ))
+    .map_err(|e| JobsError::Config(format!("egress: {e}")))?;
+    let hook_egress = EgressClient::new(egress_policy(config.webhook_timeout_secs, 64 << 10))
+        .map_err(|e| JobsError::Config(format!("webhook egress: {e}")))?;
+    Ok((egress, hook_egress))
 }
 
 /// Read the webhook secret at `path`, creating it on first use.
