@@ -1,6 +1,7 @@
 //! The AI API: `POST /{capability}` runs one request on an orchestrator through the
 //! dispatcher; media in the answer are stored and served from `/results/{name}`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -11,19 +12,33 @@ use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
 use base64::Engine as _;
+use prometheus::{IntCounterVec, Opts};
 use weir_protocol::ai::{AudioResponse, ImageResponse, LlmChoice, LlmResponse};
 use weir_protocol::body::{parse_request, ParsedRequest};
 use weir_protocol::info::{CHARGE_HEADER, MODEL_HEADER};
 use weir_protocol::{AiHttpError, Capability};
 
-use crate::dispatch::{err, read_capped, Answer, Call, Choice, Dispatched, ORCHESTRATOR_HEADER};
-use crate::seams::Served;
-use crate::server::Gateway;
+use crate::config::GatewayConfig;
+use crate::dispatch::{
+    err, read_capped, Answer, Call, Choice, Dispatched, Dispatcher, ORCHESTRATOR_HEADER,
+};
+use crate::seams::{AiRequests, BoxFut, Served};
+use crate::storage::ResultStore;
+
+/// The AI API: runs requests on orchestrators through the dispatcher and keeps the media of
+/// their answers in the result store.
+pub(crate) struct Ai {
+    config: Arc<GatewayConfig>,
+    dispatcher: Arc<Dispatcher>,
+    store: Arc<ResultStore>,
+    /// AI API requests by capability and status.
+    requests: IntCounterVec,
+}
 
 /// One AI request as the dispatcher sends it: the client's body to `/{capability}`, the
 /// answer's media stored before it is accepted.
 struct AiCall<'a> {
-    gateway: &'a Gateway,
+    ai: &'a Ai,
     parsed: &'a ParsedRequest,
     content_type: &'a str,
     body: &'a Bytes,
@@ -58,13 +73,50 @@ impl Call for AiCall<'_> {
         // Store the media before paying: an answer that cannot be stored is not a result.
         let v = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .map_err(|e| format!("invalid JSON: {e}"))?;
-        self.gateway
+        self.ai
             .store_results(self.parsed.request.capability(), v)
             .await
     }
 }
 
-impl Gateway {
+impl Ai {
+    /// The AI API, its request counter registered in `metrics`.
+    pub(crate) fn new(
+        config: Arc<GatewayConfig>,
+        dispatcher: Arc<Dispatcher>,
+        store: Arc<ResultStore>,
+        metrics: &prometheus::Registry,
+    ) -> Result<Arc<Ai>, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "weir_gateway_requests_total",
+                "AI API requests by capability and status",
+            ),
+            &["capability", "status"],
+        )?;
+        metrics.register(Box::new(requests.clone()))?;
+        Ok(Arc::new(Ai {
+            config,
+            dispatcher,
+            store,
+            requests,
+        }))
+    }
+
+    /// The AI API's route: `POST /{capability}`.
+    pub(crate) fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/{capability}", post(ai))
+            .with_state(Arc::clone(self))
+    }
+
+    /// The stored results' public route: `GET /results/{name}`.
+    pub(crate) fn public_routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/results/{name}", get(result))
+            .with_state(Arc::clone(self))
+    }
+
     async fn handle(
         &self,
         capability: Capability,
@@ -92,14 +144,14 @@ impl Gateway {
 
     /// Serve one AI request: validate it, choose orchestrators, pay and retry until one answers;
     /// media in the answer are stored and their URLs rewritten to the gateway's own.
-    pub(crate) async fn serve_ai(
+    async fn serve_ai(
         &self,
         capability: Capability,
         content_type: &str,
         body: Bytes,
     ) -> Result<Served, AiHttpError> {
-        let config = &self.inner.config;
-        let dispatcher = self.dispatcher();
+        let config = &self.config;
+        let dispatcher = &self.dispatcher;
         let parsed = parse_request(
             capability,
             Some(content_type),
@@ -137,7 +189,7 @@ impl Gateway {
             .await?
             .into();
         let call = AiCall {
-            gateway: self,
+            ai: self,
             parsed: &parsed,
             content_type,
             body: &body,
@@ -205,24 +257,23 @@ impl Gateway {
             ));
         };
         let name = self
-            .inner
             .store
             .put(&content_type, &data)
             .await
             .map_err(|e| format!("storing a result: {e}"))?;
         Ok(format!(
             "{}/results/{name}",
-            self.inner.config.public_url.trim_end_matches('/')
+            self.config.public_url.trim_end_matches('/')
         ))
     }
 
     /// The content type and bytes of a result an orchestrator serves at `url`.
     async fn fetch_result(&self, url: &str) -> Result<(String, Bytes), String> {
         let response = self
-            .dispatcher()
+            .dispatcher
             .client()
             .get(url)
-            .timeout(self.inner.config.attempt_timeout)
+            .timeout(self.config.attempt_timeout)
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
@@ -285,19 +336,21 @@ fn sse(body: serde_json::Value) -> Result<Response, AiHttpError> {
         .into_response())
 }
 
-/// The AI API's route: `POST /{capability}`.
-pub(crate) fn routes() -> Router<Gateway> {
-    Router::new().route("/{capability}", post(ai))
-}
-
-/// The stored results' public route: `GET /results/{name}`.
-pub(crate) fn public_routes() -> Router<Gateway> {
-    Router::new().route("/results/{name}", get(result))
+/// The jobs worker runs its requests as a client would send them.
+impl AiRequests for Ai {
+    fn serve(
+        &self,
+        capability: Capability,
+        content_type: String,
+        body: Bytes,
+    ) -> BoxFut<'_, Result<Served, AiHttpError>> {
+        Box::pin(async move { self.serve_ai(capability, &content_type, body).await })
+    }
 }
 
 /// `POST /{capability}`.
 async fn ai(
-    State(g): State<Gateway>,
+    State(ai): State<Arc<Ai>>,
     UrlPath(capability): UrlPath<String>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
@@ -309,7 +362,7 @@ async fn ai(
     let Some(capability) = Capability::from_id(&capability) else {
         return err(404, format!("no such endpoint `/{capability}`")).into_response();
     };
-    let response = match g.handle(capability, &headers, body).await {
+    let response = match ai.handle(capability, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
@@ -318,16 +371,15 @@ async fn ai(
             e.into_response()
         }
     };
-    g.inner
-        .requests
+    ai.requests
         .with_label_values(&[capability.id(), response.status().as_str()])
         .inc();
     response
 }
 
 /// `GET /results/{name}`.
-async fn result(State(g): State<Gateway>, UrlPath(name): UrlPath<String>) -> Response {
-    match g.inner.store.get(&name).await {
+async fn result(State(ai): State<Arc<Ai>>, UrlPath(name): UrlPath<String>) -> Response {
+    match ai.store.get(&name).await {
         Some((content_type, data)) => {
             ([(header::CONTENT_TYPE, content_type)], data).into_response()
         }

@@ -17,8 +17,8 @@ use crate::server::Gateway;
 pub(crate) fn router(g: &Gateway) -> Router {
     let config = &g.inner.config;
     let api = Router::new()
-        .merge(crate::jobs::routes())
-        .merge(crate::ai::routes())
+        .merge(g.inner.jobs.routes())
+        .merge(g.inner.ai.routes())
         .route("/gateway/orchestrators", get(orchestrators))
         .merge(g.inner.byoc.routes())
         .merge(g.inner.ai_streams.routes())
@@ -35,8 +35,8 @@ pub(crate) fn router(g: &Gateway) -> Router {
         .live
         .routes()
         .merge(push)
-        .merge(crate::ai::public_routes())
-        .merge(crate::jobs::public_routes())
+        .merge(g.inner.ai.public_routes())
+        .merge(g.inner.jobs.public_routes())
         .route("/openapi.json", get(openapi))
         .merge(api)
         .with_state(g.clone());
@@ -93,8 +93,8 @@ async fn orchestrators(State(g): State<Gateway>) -> Json<serde_json::Value> {
 /// token.
 async fn openapi(State(g): State<Gateway>) -> Response {
     let mut doc = weir_protocol::openapi::gateway_document();
-    if let (Some(jobs), Some(paths)) = (g.inner.jobs.as_ref(), doc["paths"].as_object_mut()) {
-        paths.extend(crate::jobs::openapi_paths(jobs.catalog()));
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.extend(crate::jobs::openapi_paths(g.inner.jobs.catalog()));
     }
     if g.inner.config.open {
         weir_protocol::openapi::without_auth(&mut doc);

@@ -42,8 +42,7 @@ pub mod openapi {
     pub use weir_protocol::openapi::document;
 }
 
-pub use ai_streams::StreamsConfig;
-pub use config::{parse_price, GatewayConfig};
+pub use config::{parse_price, GatewayConfig, StreamsConfig};
 pub use dispatch::ORCHESTRATOR_HEADER;
 pub use jobs::JobsConfig;
 pub use live::LiveConfig;

@@ -27,10 +27,6 @@ pub(crate) struct Served {
 }
 
 /// The AI API as other features (the jobs worker) run requests through it.
-#[allow(
-    dead_code,
-    reason = "the jobs worker takes it when jobs becomes a service (its own branch)"
-)]
 pub(crate) trait AiRequests: Send + Sync {
     /// Serve one AI request of `capability` (the body as a client would send it): validated,
     /// dispatched, paid, its media stored.

@@ -39,10 +39,10 @@ pub(crate) struct Inner {
     pub(crate) config: Arc<GatewayConfig>,
     /// The shared path every call to an orchestrator takes.
     pub(crate) dispatcher: Arc<Dispatcher>,
-    pub(crate) store: Arc<ResultStore>,
-    pub(crate) jobs: Option<Arc<crate::jobs::Jobs>>,
-    /// AI API requests by capability and status.
-    pub(crate) requests: IntCounterVec,
+    /// The AI API.
+    pub(crate) ai: Arc<crate::ai::Ai>,
+    /// The jobs API and its workers.
+    pub(crate) jobs: Arc<crate::jobs::Jobs>,
     /// Live video.
     pub(crate) live: Arc<crate::live::Live>,
     /// Live AI streams.
@@ -67,64 +67,21 @@ impl Gateway {
         wallet_path: &Path,
         metrics: &prometheus::Registry,
     ) -> Result<Gateway, GatewayError> {
-        let released = ledger.release_stale(Duration::ZERO).await?;
-        if released > 0 {
-            tracing::warn!(
-                released,
-                "released reservations of requests cut off by a restart"
-            );
-        }
-        let wallet = Wallet::load_or_create(wallet_path)
-            .map_err(|e| GatewayError::Io(format!("wallet {}: {e}", wallet_path.display())))?;
+        let config = Arc::new(config);
+        let dispatcher =
+            Arc::new(open_dispatcher(&config, registry, ledger, wallet_path, metrics).await?);
+        weir_media::profile::validate_ladder(&config.live.profiles)
+            .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
         let store = ResultStore::open(&config.results_dir).map_err(|e| {
             GatewayError::Io(format!("results dir {}: {e}", config.results_dir.display()))
         })?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| GatewayError::Io(format!("HTTP client: {e}")))?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "weir_gateway_requests_total",
-                "AI API requests by capability and status",
-            ),
-            &["capability", "status"],
-        )?;
-        let mismatches = IntCounterVec::new(
-            Opts::new(
-                "weir_gateway_balance_disputes_total",
-                "Answers whose reported charge or balance disagreed with the ledger",
-            ),
-            &["orchestrator"],
-        )?;
-        for c in [&requests, &mismatches] {
-            metrics.register(Box::new(c.clone()))?;
-        }
-        let discovery = Arc::new(Discovery::new(
-            &config.orchestrators,
-            config.orch_webhook_url.clone(),
-            config.webhook_interval,
-            client.clone(),
-        ));
-        weir_media::profile::validate_ladder(&config.live.profiles)
-            .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
-        let jobs =
-            crate::jobs::Jobs::open(&config.jobs, &config.data_dir, &config.public_url, metrics)
-                .await?;
-        tracing::info!(sender = %wallet.sender(), "gateway wallet");
-        let config = Arc::new(config);
-        let dispatcher = Arc::new(Dispatcher::new(
-            config.clone(),
-            registry,
-            discovery,
-            GatewayPayments::new(ledger, wallet, mismatches),
-            client,
-            metrics,
-        )?);
+        let store = Arc::new(store);
+        let ai = crate::ai::Ai::new(config.clone(), dispatcher.clone(), store.clone(), metrics)?;
+        let jobs = crate::jobs::Jobs::open(&config, ai.clone(), store, metrics).await?;
         let live =
             crate::live::Live::new(config.live.clone(), &config, dispatcher.clone(), metrics)?;
         let byoc = crate::byoc::Byoc::new(dispatcher.clone());
+        // Live AI streams show their output through live video's HLS.
         let ai_streams = crate::ai_streams::AiStreams::new(
             config.clone(),
             dispatcher.clone(),
@@ -134,19 +91,13 @@ impl Gateway {
             inner: Arc::new(Inner {
                 config,
                 dispatcher,
-                store: Arc::new(store),
-                jobs: Some(Arc::new(jobs)),
-                requests,
+                ai,
+                jobs,
                 live,
                 ai_streams,
                 byoc,
             }),
         })
-    }
-
-    /// The shared path every call to an orchestrator takes.
-    pub(crate) fn dispatcher(&self) -> &Dispatcher {
-        &self.inner.dispatcher
     }
 
     /// Orchestrator discovery.
@@ -166,7 +117,7 @@ impl Gateway {
         let refresh = self
             .discovery()
             .spawn_refresh(self.inner.config.refresh_interval);
-        let jobs = self.spawn_jobs();
+        let jobs = self.inner.jobs.spawn();
         tokio::spawn(async move {
             let _ = tokio::join!(janitor, refresh, futures_util::future::join_all(jobs));
         })
@@ -197,4 +148,52 @@ impl PublishHandler for Gateway {
             g.inner.live.publish_live(publish).await
         })
     }
+}
+
+/// The shared path every feature sends work through: discovery, the router component, payments
+/// (the ledger, with reservations a restart cut off released, and the wallet), the HTTP client.
+async fn open_dispatcher(
+    config: &Arc<GatewayConfig>,
+    registry: Arc<Registry>,
+    ledger: Arc<dyn Ledger>,
+    wallet_path: &Path,
+    metrics: &prometheus::Registry,
+) -> Result<Dispatcher, GatewayError> {
+    let released = ledger.release_stale(Duration::ZERO).await?;
+    if released > 0 {
+        tracing::warn!(
+            released,
+            "released reservations of requests cut off by a restart"
+        );
+    }
+    let wallet = Wallet::load_or_create(wallet_path)
+        .map_err(|e| GatewayError::Io(format!("wallet {}: {e}", wallet_path.display())))?;
+    tracing::info!(sender = %wallet.sender(), "gateway wallet");
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| GatewayError::Io(format!("HTTP client: {e}")))?;
+    let mismatches = IntCounterVec::new(
+        Opts::new(
+            "weir_gateway_balance_disputes_total",
+            "Answers whose reported charge or balance disagreed with the ledger",
+        ),
+        &["orchestrator"],
+    )?;
+    metrics.register(Box::new(mismatches.clone()))?;
+    let discovery = Arc::new(Discovery::new(
+        &config.orchestrators,
+        config.orch_webhook_url.clone(),
+        config.webhook_interval,
+        client.clone(),
+    ));
+    Ok(Dispatcher::new(
+        config.clone(),
+        registry,
+        discovery,
+        GatewayPayments::new(ledger, wallet, mismatches),
+        client,
+        metrics,
+    )?)
 }

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use weir_media::packet::IngestEvent;
 use weir_payments::UnitPrice;
@@ -34,42 +34,9 @@ use weir_protocol::AiHttpError;
 use weir_trickle::Publisher;
 
 use crate::config::GatewayConfig;
+pub use crate::config::StreamsConfig;
 use crate::dispatch::{Choice, Dispatcher};
 use crate::seams::StreamOutputs;
-
-/// Settings of live AI streams (`[gateway.streams]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamsConfig {
-    /// Seconds of price paid ahead at start and kept topped up.
-    pub pay_ahead_secs: u64,
-    /// Seconds between top-ups.
-    pub payment_interval_secs: u64,
-    /// Streams at once.
-    pub max_streams: usize,
-    /// Moves to another orchestrator allowed per minute before the stream is given up.
-    pub max_swaps_per_minute: u32,
-    /// Deadline of a start call to an orchestrator, in seconds.
-    pub start_timeout_secs: u64,
-    /// A stream with no ingest for this long stops, in seconds.
-    pub ingest_idle_secs: u64,
-    /// RTMP base URL published in stream answers (`rtmp://host:port/live`); set by the node.
-    pub rtmp_base: String,
-}
-
-impl Default for StreamsConfig {
-    fn default() -> Self {
-        StreamsConfig {
-            pay_ahead_secs: 120,
-            payment_interval_secs: 20,
-            max_streams: 50,
-            max_swaps_per_minute: 3,
-            start_timeout_secs: 10,
-            ingest_idle_secs: 60,
-            rtmp_base: "rtmp://127.0.0.1:1935/live".to_owned(),
-        }
-    }
-}
 
 /// What a stream's owner task is told: by the ingest, the HTTP routes and the session's
 /// readers.

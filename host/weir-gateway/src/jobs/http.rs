@@ -1,5 +1,6 @@
 //! The jobs API's routes: submit, list, status, cancel, events and stored objects.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -17,9 +18,8 @@ use weir_jobs::store::{now_ms, Cancel, Inserted, Job, JobState, NewJob, StoreErr
 
 use super::{
     api_status, boxed_problem, invalid, problem, read_submission, request_hash, rfc3339, sniff,
-    store_failure, tenant_of, Jobs,
+    store_failure, tenant_of, Jobs, Submission,
 };
-use crate::server::Gateway;
 
 /// A job as the API shows it. `position` is computed for queued jobs when `None`.
 pub(super) async fn status_body(jobs: &Jobs, job: &Job, position: Option<u64>) -> Value {
@@ -98,18 +98,11 @@ async fn with_webhooks(jobs: &Jobs, job: &Job, mut body: Value) -> Value {
     body
 }
 
-fn location(g: &Gateway, id: &str) -> String {
+/// Where the client finds job `id`.
+fn location(jobs: &Jobs, id: &str) -> String {
     format!(
         "{}/api/v1/generate/{id}",
-        g.inner.config.public_url.trim_end_matches('/')
-    )
-}
-
-fn disabled() -> Response {
-    problem(
-        404,
-        "jobs_disabled",
-        "the jobs API is not enabled on this gateway",
+        jobs.public_url.trim_end_matches('/')
     )
 }
 
@@ -127,80 +120,120 @@ fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
         })
 }
 
-/// The jobs API's routes: submit and list, status, cancel and events of one job.
-pub(crate) fn routes() -> Router<Gateway> {
-    Router::new()
-        .route("/api/v1/generate", post(submit).get(list))
-        .route("/api/v1/generate/{job}", get(status))
-        .route("/api/v1/generate/{job}/cancel", post(cancel))
-        .route("/api/v1/generate/{job}/events", get(events))
-}
+impl Jobs {
+    /// The jobs API's routes: submit and list, status, cancel and events of one job.
+    pub(crate) fn routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/api/v1/generate", post(submit).get(list))
+            .route("/api/v1/generate/{job}", get(status))
+            .route("/api/v1/generate/{job}/cancel", post(cancel))
+            .route("/api/v1/generate/{job}/events", get(events))
+            .with_state(Arc::clone(self))
+    }
 
-/// The jobs' public routes: `/objects/{key}`, the stored outputs.
-pub(crate) fn public_routes() -> Router<Gateway> {
-    Router::new().route("/objects/{*key}", get(object))
+    /// The jobs' public routes: `/objects/{key}`, the stored outputs.
+    pub(crate) fn public_routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> Router<S> {
+        Router::new()
+            .route("/objects/{*key}", get(object))
+            .with_state(Arc::clone(self))
+    }
 }
 
 /// `POST /api/v1/generate`.
-async fn submit(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(jobs) = g.jobs().cloned() else {
-        return disabled();
-    };
-    let tenant = tenant_of(&headers);
-    if !jobs.admit(&tenant) {
-        let mut r = problem(
-            429,
-            "rate_limited",
-            format!("more than {} submits per second", jobs.config.submit_rate),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+async fn submit(State(jobs): State<Arc<Jobs>>, headers: HeaderMap, body: Bytes) -> Response {
+    match submit_job(&jobs, &headers, &body).await {
+        Ok(r) => r,
+        Err(r) => *r,
     }
-    let max_file = jobs.egress.policy().max_bytes;
-    let submission = match read_submission(&headers, &body, max_file) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+}
+
+/// A submit: admitted, read, validated, checked against an earlier use of its idempotency
+/// key, its inputs stored and the job queued; answered `202` (or with the outcome, when the
+/// client prefers to wait). `Err` is an answer given at once: a refusal, or a replay.
+async fn submit_job(
+    jobs: &Jobs,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, Box<Response>> {
+    let tenant = tenant_of(headers);
+    if !jobs.admit(&tenant) {
+        return Err(Box::new(rate_limited(jobs.config.submit_rate)));
+    }
+    let submission = read_submission(headers, body, jobs.egress.policy().max_bytes)?;
+    let validated = validate(jobs, &submission)?;
+    let key = idempotency_key(headers)?;
+    let hash = request_hash(&validated, &submission.uploads);
+    if let Some(k) = &key {
+        replay(jobs, &tenant, k, &hash).await?;
+    }
+    let idempotency = key.map(|k| (k, hash));
+    let job = enqueue(jobs, tenant, &validated, &submission.uploads, idempotency).await?;
+    if let Some(wait) = prefer_wait(headers) {
+        if let Some(done) = wait_for_outcome(jobs, &job, wait).await {
+            return Ok(done);
+        }
+    }
+    Ok(accepted(jobs, &job, false).await)
+}
+
+/// `429`: the tenant made more than `limit` submits this second.
+fn rate_limited(limit: u32) -> Response {
+    let mut r = problem(
+        429,
+        "rate_limited",
+        format!("more than {limit} submits per second"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The submission checked against its model's schema.
+fn validate(jobs: &Jobs, submission: &Submission) -> Result<Validated, Box<Response>> {
     let upload_parts: Vec<&str> = submission
         .uploads
         .iter()
         .map(|(n, _, _)| n.as_str())
         .collect();
-    let validated = match jobs.catalog.validate(&submission.fields, &upload_parts) {
-        Ok(v) => v,
-        Err(errors) => return invalid(errors),
-    };
-    let key = match idempotency_key(&headers) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    let hash = request_hash(&validated, &submission.uploads);
-    if let Some(k) = &key {
-        // A replay answers at once, before fetching anything (the store decides for good).
-        match jobs.store.by_idempotency_key(&tenant, k).await {
-            Ok(Some(existing)) if existing.idem_hash.as_deref() == Some(hash.as_str()) => {
-                return accepted(&g, &jobs, &existing, true).await;
-            }
-            Ok(Some(existing)) => {
-                return problem(
-                    409,
-                    "idempotency_conflict",
-                    format!(
-                        "Idempotency-Key `{k}` was already used with a different request (job {})",
-                        existing.id
-                    ),
-                );
-            }
-            Ok(None) => {}
-            Err(e) => return store_failure(e),
+    jobs.catalog
+        .validate(&submission.fields, &upload_parts)
+        .map_err(|errors| Box::new(invalid(errors)))
+}
+
+/// A submit whose idempotency key `key` was used before is answered at once, before
+/// anything is fetched (the store decides for good when the job is inserted): the same
+/// request is replayed, a different one refused.
+async fn replay(jobs: &Jobs, tenant: &str, key: &str, hash: &str) -> Result<(), Box<Response>> {
+    match jobs.store.by_idempotency_key(tenant, key).await {
+        Ok(Some(existing)) if existing.idem_hash.as_deref() == Some(hash) => {
+            Err(Box::new(accepted(jobs, &existing, true).await))
         }
+        Ok(Some(existing)) => Err(Box::new(idempotency_conflict(key, &existing.id))),
+        Ok(None) => Ok(()),
+        Err(e) => Err(Box::new(store_failure(e))),
     }
+}
+
+/// `409`: idempotency key `key` was already used with a different request, by job `job_id`.
+fn idempotency_conflict(key: &str, job_id: &str) -> Response {
+    problem(
+        409,
+        "idempotency_conflict",
+        format!("Idempotency-Key `{key}` was already used with a different request (job {job_id})"),
+    )
+}
+
+/// Store the inputs of a new job and queue it; a job the store already holds under the same
+/// idempotency key is replayed instead (as `Err`).
+async fn enqueue(
+    jobs: &Jobs,
+    tenant: String,
+    validated: &Validated,
+    uploads: &[(String, String, Bytes)],
+    idempotency: Option<(String, String)>,
+) -> Result<Job, Box<Response>> {
     let id = format!("job_{:032x}", rand::random::<u128>());
-    let inputs = match store_inputs(&jobs, &id, &validated, &submission.uploads).await {
-        Ok(inputs) => inputs,
-        Err(r) => return *r,
-    };
+    let inputs = store_inputs(jobs, &id, validated, uploads).await?;
     let mut params = validated.params.clone();
     if !inputs.is_empty() {
         params.insert("inputs".to_owned(), Value::Object(inputs));
@@ -214,28 +247,21 @@ async fn submit(State(g): State<Gateway>, headers: HeaderMap, body: Bytes) -> Re
         priority: validated.spec.priority,
         max_attempts: validated.spec.max_attempts,
         timeout: Duration::from_secs(validated.spec.timeout_secs),
-        idempotency: key.map(|k| (k, hash)),
+        idempotency,
     };
-    let job = match jobs.store.insert(new, now_ms()).await {
+    match jobs.store.insert(new, now_ms()).await {
         Ok(Inserted::New(j)) => {
             tracing::info!(job = %j.id, model = %j.model, tenant = %j.tenant, "job queued");
             jobs.wake.notify_one();
-            j
+            Ok(j)
         }
-        Ok(Inserted::Existing(j)) => return accepted(&g, &jobs, &j, true).await,
+        Ok(Inserted::Existing(j)) => Err(Box::new(accepted(jobs, &j, true).await)),
         Err(StoreError::IdempotencyConflict { key, job_id }) => {
-            return problem(409, "idempotency_conflict", format!("Idempotency-Key `{key}` was already used with a different request (job {job_id})"));
+            Err(Box::new(idempotency_conflict(&key, &job_id)))
         }
-        Err(e) => return store_failure(e),
-    };
-    if let Some(wait) = prefer_wait(&headers) {
-        if let Some(done) = wait_for_outcome(&jobs, &job, wait).await {
-            return done;
-        }
+        Err(e) => Err(Box::new(store_failure(e))),
     }
-    accepted(&g, &jobs, &job, false).await
 }
-
 /// The `Idempotency-Key` header, when sent: 1–255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Box<Response>> {
     match headers.get("idempotency-key").map(|v| v.to_str()) {
@@ -321,7 +347,7 @@ async fn wait_for_outcome(jobs: &Jobs, job: &Job, wait: u64) -> Option<Response>
 }
 
 /// `202` with the job's id, status and `Location`.
-async fn accepted(g: &Gateway, jobs: &Jobs, job: &Job, replay: bool) -> Response {
+async fn accepted(jobs: &Jobs, job: &Job, replay: bool) -> Response {
     let state = job.state().unwrap_or(JobState::Queued);
     let mut body = json!({
         "jobId": job.id,
@@ -332,7 +358,7 @@ async fn accepted(g: &Gateway, jobs: &Jobs, job: &Job, replay: bool) -> Response
         body = status_body(jobs, job, None).await;
     }
     let mut r = (StatusCode::ACCEPTED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location(g, &job.id)) {
+    if let Ok(v) = HeaderValue::from_str(&location(jobs, &job.id)) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     if replay {
@@ -344,13 +370,10 @@ async fn accepted(g: &Gateway, jobs: &Jobs, job: &Job, replay: bool) -> Response
 
 /// `GET /api/v1/generate/{jobId}`.
 async fn status(
-    State(g): State<Gateway>,
+    State(jobs): State<Arc<Jobs>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(jobs) = g.jobs().cloned() else {
-        return disabled();
-    };
     match jobs.store.get(Some(&tenant_of(&headers)), &id).await {
         Ok(Some(job)) => {
             let body = with_webhooks(&jobs, &job, status_body(&jobs, &job, None).await).await;
@@ -363,23 +386,20 @@ async fn status(
 
 /// `POST /api/v1/generate/{jobId}/cancel`.
 async fn cancel(
-    State(g): State<Gateway>,
+    State(jobs): State<Arc<Jobs>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(jobs) = g.jobs().cloned() else {
-        return disabled();
-    };
     let tenant = tenant_of(&headers);
     let job = match jobs.store.get(Some(&tenant), &id).await {
         Ok(Some(j)) => j,
         Ok(None) => return problem(404, "not_found", format!("no job `{id}`")),
         Err(e) => return store_failure(e),
     };
-    let payload = g
-        .event_payload(&jobs, &job, JobState::Canceled, None, None)
+    let payload = jobs
+        .event_payload(&job, JobState::Canceled, None, None)
         .await;
-    let webhook = g.delivery(&job, "job.canceled", payload);
+    let webhook = jobs.delivery(&job, "job.canceled", payload);
     match jobs.store.cancel(&tenant, &id, now_ms(), webhook).await {
         Ok(Cancel::Canceled(j)) => {
             jobs.metrics
@@ -424,13 +444,10 @@ pub(crate) struct ListQuery {
 
 /// `GET /api/v1/generate`: the tenant's jobs, newest first.
 async fn list(
-    State(g): State<Gateway>,
+    State(jobs): State<Arc<Jobs>>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
-    let Some(jobs) = g.jobs().cloned() else {
-        return disabled();
-    };
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => return problem(400, "bad_query", e.body_text()),
@@ -488,13 +505,10 @@ async fn list(
 
 /// `GET /api/v1/generate/{jobId}/events`: the job's status as server-sent events until it ends.
 async fn events(
-    State(g): State<Gateway>,
+    State(jobs): State<Arc<Jobs>>,
     UrlPath(id): UrlPath<String>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(jobs) = g.jobs().cloned() else {
-        return disabled();
-    };
     let tenant = tenant_of(&headers);
     match jobs.store.get(Some(&tenant), &id).await {
         Ok(Some(_)) => {}
@@ -552,13 +566,10 @@ pub(crate) struct LinkQuery {
 
 /// `GET /objects/{*key}`: a local-disk object behind a signed, expiring link.
 async fn object(
-    State(g): State<Gateway>,
+    State(jobs): State<Arc<Jobs>>,
     UrlPath(key): UrlPath<String>,
     Query(q): Query<LinkQuery>,
 ) -> Response {
-    let Some(jobs) = g.jobs().cloned() else {
-        return disabled();
-    };
     let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
         return problem(
             403,

@@ -9,9 +9,9 @@
 
 mod http;
 mod openapi;
+mod request;
 mod worker;
 
-pub(crate) use http::{public_routes, routes};
 pub(crate) use openapi::openapi_paths;
 
 use std::collections::HashMap;
@@ -24,81 +24,20 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use parking_lot::Mutex;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
-use weir_jobs::catalog::{Catalog, FieldError, ModelSpec, Validated};
+use weir_jobs::catalog::{Catalog, FieldError, Validated};
 use weir_jobs::egress::{EgressClient, EgressPolicy};
 use weir_jobs::store::{self, JobState, JobStore, Millis, StoreError};
 use weir_jobs::webhook::{RetrySchedule, WebhookSecret, WebhookSender};
 use weir_protocol::multipart;
 use weir_storage::Storage;
 
-/// The guidance prompt an upscale job sends when its submit gave none.
-const UPSCALE_PROMPT: &str = "high quality, sharp details";
-
-/// Settings of the jobs API (`[gateway.jobs]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JobsConfig {
-    /// `sqlite://PATH` (default `<data-dir>/jobs.db`) or `postgres://…` to share jobs between
-    /// gateways.
-    pub database: Option<String>,
-    /// Where inputs and results are kept (default: local disk under `<data-dir>/objects`).
-    pub storage: Option<weir_storage::StorageConfig>,
-    /// The models clients may submit.
-    pub models: Vec<ModelSpec>,
-    /// Jobs this gateway runs at once.
-    pub workers: u32,
-    /// A worker's hold on a job; renewed a third of the way through.
-    pub lease_secs: u64,
-    /// Jobs one tenant may have running at once (across gateways).
-    pub tenant_concurrency: u32,
-    /// Submits one tenant may make per second on this gateway (0: no limit).
-    pub submit_rate: u32,
-    /// How long results are kept.
-    pub result_ttl_secs: u64,
-    /// How long a result URL stays valid.
-    pub url_expiry_secs: u64,
-    /// Let input URLs and webhooks reach loopback and private networks (tests, labs).
-    pub allow_private_urls: bool,
-    /// Cap on one input file, in MiB.
-    pub max_input_mib: usize,
-    /// Deadline of fetching one input.
-    pub input_timeout_secs: u64,
-    /// `whsec_…` webhook signing secret (default: generated into `<data-dir>/webhook-secret`).
-    pub webhook_secret: Option<String>,
-    /// Deadline of one webhook delivery.
-    pub webhook_timeout_secs: u64,
-    /// Delays between webhook attempts, in seconds (default: the Standard Webhooks schedule).
-    pub webhook_retry_secs: Option<Vec<u64>>,
-    /// Most seconds `Prefer: wait=N` holds a submit.
-    pub max_wait_secs: u64,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        JobsConfig {
-            database: None,
-            storage: None,
-            models: Vec::new(),
-            workers: 4,
-            lease_secs: 30,
-            tenant_concurrency: 16,
-            submit_rate: 0,
-            result_ttl_secs: 24 * 3600,
-            url_expiry_secs: 3600,
-            allow_private_urls: false,
-            max_input_mib: 32,
-            input_timeout_secs: 30,
-            webhook_secret: None,
-            webhook_timeout_secs: 15,
-            webhook_retry_secs: None,
-            max_wait_secs: 60,
-        }
-    }
-}
+use crate::config::GatewayConfig;
+pub use crate::config::JobsConfig;
+use crate::seams::AiRequests;
+use crate::storage::ResultStore;
 
 /// Why the jobs engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -163,11 +102,17 @@ impl JobMetrics {
     }
 }
 
-/// The jobs engine of one gateway.
+/// The jobs API and engine of one gateway: its store, storage, workers and routes.
 pub(crate) struct Jobs {
+    /// The AI API the workers run jobs through.
+    ai: Arc<dyn AiRequests>,
+    /// Where the AI API keeps the media of its answers, read back as job results.
+    results: Arc<ResultStore>,
+    /// The gateway's public URL, for job locations.
+    public_url: String,
     store: Arc<dyn JobStore>,
     catalog: Catalog,
-    pub(crate) storage: Storage,
+    storage: Storage,
     egress: EgressClient,
     webhooks: WebhookSender,
     secret: WebhookSecret,
@@ -181,25 +126,23 @@ pub(crate) struct Jobs {
 }
 
 impl Jobs {
-    /// Open the store and storage of `config`; `data_dir` holds the defaults.
+    /// Open the store and storage of the gateway's `[gateway.jobs]` (its data directory holds
+    /// the defaults); jobs run through `ai` and read their outputs from `results`.
     pub(crate) async fn open(
-        config: &JobsConfig,
-        data_dir: &std::path::Path,
-        public_url: &str,
+        gateway: &GatewayConfig,
+        ai: Arc<dyn AiRequests>,
+        results: Arc<ResultStore>,
         metrics: &prometheus::Registry,
-    ) -> Result<Jobs, JobsError> {
+    ) -> Result<Arc<Jobs>, JobsError> {
+        let (config, data_dir) = (&gateway.jobs, gateway.data_dir.as_path());
+        let public_url = gateway.public_url.as_str();
         let catalog = Catalog::new(&config.models).map_err(JobsError::Config)?;
         let database = config
             .database
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("jobs.db").display()));
         let store = store::open(&database).await?;
-        let secret = match &config.webhook_secret {
-            Some(s) => s
-                .parse::<WebhookSecret>()
-                .map_err(|e| JobsError::Config(format!("webhook_secret: {e}")))?,
-            None => secret_file(&data_dir.join("webhook-secret"))?,
-        };
+        let secret = webhook_secret(config, data_dir)?;
         let storage_config =
             config
                 .storage
@@ -211,19 +154,7 @@ impl Jobs {
         // restarts and shared by gateways configured alike.
         let link_key = Sha256::digest(format!("weir-object-links:{}", secret.as_str()));
         let storage = Storage::open(&storage_config, public_url, &link_key).await?;
-        let egress_policy = |timeout: u64, max_bytes: usize| EgressPolicy {
-            allow_private: config.allow_private_urls,
-            max_bytes,
-            timeout: Duration::from_secs(timeout.max(1)),
-            max_redirects: 3,
-        };
-        let egress = EgressClient::new(egress_policy(
-            config.input_timeout_secs,
-            config.max_input_mib.clamp(1, 1024) << 20,
-        ))
-        .map_err(|e| JobsError::Config(format!("egress: {e}")))?;
-        let hook_egress = EgressClient::new(egress_policy(config.webhook_timeout_secs, 64 << 10))
-            .map_err(|e| JobsError::Config(format!("webhook egress: {e}")))?;
+        let (egress, hook_egress) = egress_clients(config)?;
         let schedule = match &config.webhook_retry_secs {
             Some(delays) => RetrySchedule {
                 delays: delays.iter().map(|s| Duration::from_secs(*s)).collect(),
@@ -233,7 +164,10 @@ impl Jobs {
         };
         let worker = format!("gw-{}-{:08x}", std::process::id(), rand::random::<u32>());
         tracing::info!(backend = store.backend(), storage = storage.backend(), %worker, models = catalog.ids().count(), "jobs engine ready");
-        Ok(Jobs {
+        Ok(Arc::new(Jobs {
+            ai,
+            results,
+            public_url: public_url.to_owned(),
             store,
             catalog,
             storage,
@@ -247,7 +181,7 @@ impl Jobs {
             running: Mutex::new(HashMap::new()),
             rate: Mutex::new(HashMap::new()),
             metrics: JobMetrics::new(metrics)?,
-        })
+        }))
     }
 
     /// The configured models.
@@ -274,6 +208,37 @@ impl Jobs {
         entry.1 += 1;
         entry.1 <= limit
     }
+}
+
+/// The webhook signing secret: the configured one, or the one kept in `data_dir`.
+fn webhook_secret(
+    config: &JobsConfig,
+    data_dir: &std::path::Path,
+) -> Result<WebhookSecret, JobsError> {
+    match &config.webhook_secret {
+        Some(s) => s
+            .parse::<WebhookSecret>()
+            .map_err(|e| JobsError::Config(format!("webhook_secret: {e}"))),
+        None => secret_file(&data_dir.join("webhook-secret")),
+    }
+}
+
+/// The SSRF-safe clients that fetch inputs and send webhooks.
+fn egress_clients(config: &JobsConfig) -> Result<(EgressClient, EgressClient), JobsError> {
+    let egress_policy = |timeout: u64, max_bytes: usize| EgressPolicy {
+        allow_private: config.allow_private_urls,
+        max_bytes,
+        timeout: Duration::from_secs(timeout.max(1)),
+        max_redirects: 3,
+    };
+    let egress = EgressClient::new(egress_policy(
+        config.input_timeout_secs,
+        config.max_input_mib.clamp(1, 1024) << 20,
+    ))
+    .map_err(|e| JobsError::Config(format!("egress: {e}")))?;
+    let hook_egress = EgressClient::new(egress_policy(config.webhook_timeout_secs, 64 << 10))
+        .map_err(|e| JobsError::Config(format!("webhook egress: {e}")))?;
+    Ok((egress, hook_egress))
 }
 
 /// Read the webhook secret at `path`, creating it on first use.

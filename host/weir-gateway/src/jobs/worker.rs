@@ -1,68 +1,68 @@
-//! The jobs' workers: claiming queued jobs under a lease, running them through the AI path,
+//! The jobs' workers: claiming queued jobs under a lease, running them through the AI API,
 //! storing results, delivering webhooks, and the janitor.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use weir_jobs::catalog::{Kind, ModelSpec};
-use weir_jobs::store::{self, now_ms, Completion, DeliveryNext, Job, JobState, Lease, NewDelivery};
+use weir_jobs::catalog::Kind;
+use weir_jobs::store::{
+    self, now_ms, Completion, Delivery, DeliveryNext, Job, JobState, Lease, NewDelivery,
+};
 use weir_jobs::webhook::Outcome;
-use weir_protocol::multipart;
 
-use super::{rfc3339, Jobs, UPSCALE_PROMPT};
+use super::{rfc3339, Jobs};
 use crate::dispatch::message_of;
-use crate::server::Gateway;
 
 use super::http::status_body;
 
-impl Gateway {
-    pub(super) fn jobs(&self) -> Option<&Arc<Jobs>> {
-        self.inner.jobs.as_ref()
-    }
+/// How a supervised run ended.
+enum Ended {
+    /// It ran to this outcome.
+    Ran(Result<Completion, RunError>),
+    /// The client canceled it.
+    Canceled,
+}
 
+impl Jobs {
     /// Start the workers, the webhook loop and the janitor.
-    pub(crate) fn spawn_jobs(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let Some(jobs) = self.jobs().cloned() else {
-            return Vec::new();
-        };
-        if jobs.catalog.ids().next().is_none() {
+    pub(crate) fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        if self.catalog.ids().next().is_none() {
             tracing::info!("no job models configured: the jobs API refuses submits");
         }
         let mut tasks = Vec::new();
-        for n in 0..jobs.config.workers.max(1) {
-            let g = self.clone();
-            tasks.push(tokio::spawn(async move { g.work(n).await }));
+        for n in 0..self.config.workers.max(1) {
+            let jobs = Arc::clone(self);
+            tasks.push(tokio::spawn(async move { jobs.work(n).await }));
         }
-        let g = self.clone();
-        tasks.push(tokio::spawn(async move { g.deliver_webhooks().await }));
-        let g = self.clone();
-        tasks.push(tokio::spawn(async move { g.janitor().await }));
+        let jobs = Arc::clone(self);
+        tasks.push(tokio::spawn(async move { jobs.deliver_webhooks().await }));
+        let jobs = Arc::clone(self);
+        tasks.push(tokio::spawn(async move { jobs.janitor().await }));
         tasks
     }
 
+    /// Worker `n`: claim a job, run it, and again; idle until woken or polled.
     async fn work(&self, n: u32) {
-        let Some(jobs) = self.jobs().cloned() else {
-            return;
-        };
         let poll = Duration::from_millis(250 + u64::from(n) * 20);
         loop {
-            let claimed = jobs
+            let claimed = self
                 .store
                 .claim(
-                    &jobs.worker,
+                    &self.worker,
                     now_ms(),
-                    jobs.lease(),
-                    jobs.config.tenant_concurrency.max(1),
+                    self.lease(),
+                    self.config.tenant_concurrency.max(1),
                 )
                 .await;
             match claimed {
-                Ok(Some(job)) => self.run_job(&jobs, job).await,
+                Ok(Some(job)) => self.run_job(job).await,
                 Ok(None) => {
                     tokio::select! {
-                        () = jobs.wake.notified() => {}
+                        () = self.wake.notified() => {}
                         () = tokio::time::sleep(poll) => {}
                     }
                 }
@@ -75,9 +75,9 @@ impl Gateway {
     }
 
     /// Run one claimed job to an outcome (or give it up when the lease is lost).
-    async fn run_job(&self, jobs: &Arc<Jobs>, job: Job) {
+    async fn run_job(&self, job: Job) {
         let wait = (now_ms() - job.created_at).max(0) as f64 / 1000.0;
-        jobs.metrics
+        self.metrics
             .wait
             .with_label_values(&[&job.model])
             .observe(wait);
@@ -86,143 +86,160 @@ impl Gateway {
                 "gave up after {} runs (the gateway running it stopped each time)",
                 job.max_attempts
             );
-            self.finish_failed(jobs, &job, &why).await;
+            self.finish_failed(&job, &why).await;
             return;
         }
         if job.cancel_requested != 0 {
-            self.finish_canceled(jobs, &job).await;
+            self.finish_canceled(&job).await;
             return;
         }
         tracing::info!(job = %job.id, model = %job.model, attempt = job.attempts, "job started");
         let cancel = Arc::new(Notify::new());
-        jobs.running.lock().insert(job.id.clone(), cancel.clone());
+        self.running.lock().insert(job.id.clone(), cancel.clone());
         let started = Instant::now();
+        let ended = self.supervise(&job, &cancel).await;
+        self.running.lock().remove(&job.id);
+        // A lost lease leaves the job to the worker holding it now: nothing to record.
+        let Some(ended) = ended else {
+            return;
+        };
+        self.metrics
+            .run
+            .with_label_values(&[&job.model])
+            .observe(started.elapsed().as_secs_f64());
+        match ended {
+            Ended::Canceled => self.finish_canceled(&job).await,
+            Ended::Ran(Ok(done)) => self.finish_completed(&job, done, started).await,
+            Ended::Ran(Err(RunError::Transient(why))) if job.attempts < job.max_attempts => {
+                self.retry_later(&job, &why).await;
+            }
+            Ended::Ran(Err(RunError::Transient(why) | RunError::Permanent(why))) => {
+                self.finish_failed(&job, &why).await;
+            }
+        }
+    }
+
+    /// Run `job` within its deadline, renewing its lease (with the progress made) a third of
+    /// the way through each lease, until it ends or is canceled; `None` when its lease was
+    /// lost to another worker.
+    async fn supervise(&self, job: &Job, cancel: &Notify) -> Option<Ended> {
         let timeout = Duration::from_millis(u64::try_from(job.timeout_ms).unwrap_or(600_000));
         // What the next heartbeat reports: 10 once dispatched, 90 once the answer is in.
-        let progress = std::sync::atomic::AtomicU8::new(10);
-        let mut run = Box::pin(tokio::time::timeout(
-            timeout,
-            self.execute(jobs, &job, &progress),
-        ));
-        let beat = jobs.lease() / 3;
-        let outcome = loop {
+        let progress = AtomicU8::new(10);
+        // Dropping the run (cancel) drops the request to the orchestrator, which stops the
+        // work and frees its slot; the attempt's payment is taken back.
+        let mut run = Box::pin(tokio::time::timeout(timeout, self.execute(job, &progress)));
+        let beat = self.lease() / 3;
+        loop {
             tokio::select! {
-                r = &mut run => break Some(r.unwrap_or_else(|_| Err(RunError::Permanent(format!("the job ran past its {} s deadline", timeout.as_secs()))))),
-                () = cancel.notified() => break None,
+                r = &mut run => return Some(Ended::Ran(r.unwrap_or_else(|_| Err(RunError::Permanent(format!("the job ran past its {} s deadline", timeout.as_secs())))))),
+                () = cancel.notified() => return Some(Ended::Canceled),
                 () = tokio::time::sleep(beat) => {
-                    let done = progress.load(std::sync::atomic::Ordering::Relaxed);
-                    match jobs.store.heartbeat(&job.id, &jobs.worker, now_ms(), jobs.lease(), done).await {
+                    let done = progress.load(Ordering::Relaxed);
+                    match self.store.heartbeat(&job.id, &self.worker, now_ms(), self.lease(), done).await {
                         Ok(Lease::Held { cancel: false }) => {}
-                        Ok(Lease::Held { cancel: true }) => break None,
+                        Ok(Lease::Held { cancel: true }) => return Some(Ended::Canceled),
                         Ok(Lease::Lost) => {
                             tracing::warn!(job = %job.id, "lease lost to another worker; stopping this run");
-                            jobs.running.lock().remove(&job.id);
-                            return;
+                            return None;
                         }
                         Err(e) => tracing::warn!(job = %job.id, error = %e, "heartbeat failed"),
                     }
                 }
             }
-        };
-        // Dropping the run (cancel) drops the request to the orchestrator, which stops the
-        // work and frees its slot; the attempt's payment is taken back.
-        drop(run);
-        jobs.running.lock().remove(&job.id);
-        jobs.metrics
-            .run
-            .with_label_values(&[&job.model])
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            None => self.finish_canceled(jobs, &job).await,
-            Some(Ok(done)) => {
-                let payload = self
-                    .event_payload(jobs, &job, JobState::Completed, Some(&done), None)
-                    .await;
-                let webhook = self.delivery(&job, "job.completed", payload);
-                match jobs
-                    .store
-                    .complete(&job.id, &jobs.worker, now_ms(), done, webhook)
-                    .await
-                {
-                    Ok(true) => {
-                        jobs.metrics
-                            .outcomes
-                            .with_label_values(&[&job.model, "completed"])
-                            .inc();
-                        tracing::info!(job = %job.id, ms = started.elapsed().as_millis() as u64, "job completed");
-                    }
-                    Ok(false) => {
-                        tracing::warn!(job = %job.id, "job finished after its lease was lost; result dropped")
-                    }
-                    Err(e) => {
-                        tracing::error!(job = %job.id, error = %e, "recording a completion failed; the job will run again")
-                    }
-                }
-                jobs.wake.notify_waiters();
-            }
-            Some(Err(RunError::Transient(why))) if job.attempts < job.max_attempts => {
-                let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
-                let retry_at = now_ms()
-                    + i64::try_from(store::backoff(attempts).as_millis()).unwrap_or(60_000);
-                jobs.metrics
-                    .outcomes
-                    .with_label_values(&[&job.model, "retried"])
-                    .inc();
-                tracing::warn!(job = %job.id, error = %why, attempt = job.attempts, "job run failed; retrying later");
-                if let Err(e) = jobs
-                    .store
-                    .fail(&job.id, &jobs.worker, now_ms(), &why, Some(retry_at), None)
-                    .await
-                {
-                    tracing::error!(job = %job.id, error = %e, "recording a retry failed");
-                }
-            }
-            Some(Err(RunError::Transient(why) | RunError::Permanent(why))) => {
-                self.finish_failed(jobs, &job, &why).await;
-            }
         }
     }
 
-    async fn finish_failed(&self, jobs: &Arc<Jobs>, job: &Job, why: &str) {
+    /// Record `job`'s completion (and its webhook), unless its lease was lost meanwhile.
+    async fn finish_completed(&self, job: &Job, done: Completion, started: Instant) {
         let payload = self
-            .event_payload(jobs, job, JobState::Failed, None, Some(why))
+            .event_payload(job, JobState::Completed, Some(&done), None)
+            .await;
+        let webhook = self.delivery(job, "job.completed", payload);
+        match self
+            .store
+            .complete(&job.id, &self.worker, now_ms(), done, webhook)
+            .await
+        {
+            Ok(true) => {
+                self.metrics
+                    .outcomes
+                    .with_label_values(&[&job.model, "completed"])
+                    .inc();
+                tracing::info!(job = %job.id, ms = started.elapsed().as_millis() as u64, "job completed");
+            }
+            Ok(false) => {
+                tracing::warn!(job = %job.id, "job finished after its lease was lost; result dropped")
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, error = %e, "recording a completion failed; the job will run again")
+            }
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Queue `job` again after a transient failure, after its attempt's backoff.
+    async fn retry_later(&self, job: &Job, why: &str) {
+        let attempts = u32::try_from(job.attempts).unwrap_or(u32::MAX);
+        let retry_at =
+            now_ms() + i64::try_from(store::backoff(attempts).as_millis()).unwrap_or(60_000);
+        self.metrics
+            .outcomes
+            .with_label_values(&[&job.model, "retried"])
+            .inc();
+        tracing::warn!(job = %job.id, error = %why, attempt = job.attempts, "job run failed; retrying later");
+        if let Err(e) = self
+            .store
+            .fail(&job.id, &self.worker, now_ms(), why, Some(retry_at), None)
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "recording a retry failed");
+        }
+    }
+
+    /// Record that `job` failed for good (and its webhook).
+    async fn finish_failed(&self, job: &Job, why: &str) {
+        let payload = self
+            .event_payload(job, JobState::Failed, None, Some(why))
             .await;
         let webhook = self.delivery(job, "job.failed", payload);
-        jobs.metrics
+        self.metrics
             .outcomes
             .with_label_values(&[&job.model, "failed"])
             .inc();
         tracing::warn!(job = %job.id, error = %why, "job failed");
-        if let Err(e) = jobs
+        if let Err(e) = self
             .store
-            .fail(&job.id, &jobs.worker, now_ms(), why, None, webhook)
+            .fail(&job.id, &self.worker, now_ms(), why, None, webhook)
             .await
         {
             tracing::error!(job = %job.id, error = %e, "recording a failure failed");
         }
-        jobs.wake.notify_waiters();
+        self.wake.notify_waiters();
     }
 
-    async fn finish_canceled(&self, jobs: &Arc<Jobs>, job: &Job) {
+    /// Record that `job` was canceled while running (and its webhook).
+    async fn finish_canceled(&self, job: &Job) {
         let payload = self
-            .event_payload(jobs, job, JobState::Canceled, None, None)
+            .event_payload(job, JobState::Canceled, None, None)
             .await;
         let webhook = self.delivery(job, "job.canceled", payload);
-        jobs.metrics
+        self.metrics
             .outcomes
             .with_label_values(&[&job.model, "canceled"])
             .inc();
         tracing::info!(job = %job.id, "job canceled while running; its work was stopped");
-        if let Err(e) = jobs
+        if let Err(e) = self
             .store
-            .finish_canceled(&job.id, &jobs.worker, now_ms(), webhook)
+            .finish_canceled(&job.id, &self.worker, now_ms(), webhook)
             .await
         {
             tracing::error!(job = %job.id, error = %e, "recording a cancel failed");
         }
-        jobs.wake.notify_waiters();
+        self.wake.notify_waiters();
     }
 
+    /// The webhook delivery of `event` for `job`, when it has a webhook.
     pub(super) fn delivery(&self, job: &Job, event: &str, payload: Value) -> Option<NewDelivery> {
         job.webhook_url.as_ref().map(|url| NewDelivery {
             id: format!("msg_{:032x}", rand::random::<u128>()),
@@ -235,7 +252,6 @@ impl Gateway {
     /// The webhook body of an event: `{type, timestamp, data}` with `data` the job's status.
     pub(super) async fn event_payload(
         &self,
-        jobs: &Jobs,
         job: &Job,
         state: JobState,
         done: Option<&Completion>,
@@ -253,7 +269,7 @@ impl Gateway {
             j.output_units = i64::try_from(d.output_units).ok();
             j.expires_at = Some(d.expires_at);
         }
-        let data = status_body(jobs, &j, None).await;
+        let data = status_body(self, &j, None).await;
         json!({
             "type": format!("job.{}", state.as_str()),
             "timestamp": rfc3339(now),
@@ -263,13 +279,8 @@ impl Gateway {
 
     /// One run: build the AI request from the stored parameters and inputs, dispatch it like a
     /// synchronous request (selection, payment, retries), store the output.
-    async fn execute(
-        &self,
-        jobs: &Jobs,
-        job: &Job,
-        progress: &std::sync::atomic::AtomicU8,
-    ) -> Result<Completion, RunError> {
-        let Some((spec, kind)) = jobs.catalog.get(&job.model) else {
+    async fn execute(&self, job: &Job, progress: &AtomicU8) -> Result<Completion, RunError> {
+        let Some((spec, kind)) = self.catalog.get(&job.model) else {
             return Err(RunError::Permanent(format!(
                 "model `{}` is no longer configured",
                 job.model
@@ -278,14 +289,15 @@ impl Gateway {
         let params = job
             .params()
             .map_err(|e| RunError::Permanent(e.to_string()))?;
-        let (content_type, body) = self.ai_request(jobs, spec, kind, &params).await?;
+        let (content_type, body) = self.ai_request(spec, kind, &params).await?;
         let capability =
             weir_protocol::Capability::from_id(kind.capability()).ok_or_else(|| {
                 RunError::Permanent(format!("capability `{}` unknown", kind.capability()))
             })?;
         let started = Instant::now();
         let served = self
-            .serve_ai(capability, &content_type, body)
+            .ai
+            .serve(capability, content_type, body)
             .await
             .map_err(|e| {
                 let msg = message_of(&e);
@@ -296,10 +308,10 @@ impl Gateway {
                 }
             })?;
         let gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        progress.store(90, std::sync::atomic::Ordering::Relaxed);
-        let result = self.job_result(jobs, kind, &served.body).await?;
+        progress.store(90, Ordering::Relaxed);
+        let result = self.job_result(kind, &served.body).await?;
         let ttl =
-            i64::try_from(jobs.config.result_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            i64::try_from(self.config.result_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         Ok(Completion {
             result,
             charge: served.charge,
@@ -310,115 +322,8 @@ impl Gateway {
         })
     }
 
-    async fn ai_request(
-        &self,
-        jobs: &Jobs,
-        spec: &ModelSpec,
-        kind: Kind,
-        params: &Value,
-    ) -> Result<(String, Bytes), RunError> {
-        let p = |k: &str| params.get(k).cloned().unwrap_or(Value::Null);
-        let text = |k: &str| {
-            params
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned()
-        };
-        let model_id = spec.model_id.clone();
-        if kind == Kind::TextToImage {
-            let mut body = json!({
-                "prompt": p("prompt"),
-                "negative_prompt": text("negativePrompt"),
-                "width": p("width"),
-                "height": p("height"),
-                "num_inference_steps": p("steps"),
-                "guidance_scale": p("guidanceScale"),
-            });
-            if let Some(seed) = params.get("seed").filter(|s| !s.is_null()) {
-                body["seed"] = seed.clone();
-            }
-            if let Some(m) = model_id {
-                body["model_id"] = Value::String(m);
-            }
-            return Ok(("application/json".to_owned(), Bytes::from(body.to_string())));
-        }
-        let mut fields: Vec<(&str, String)> = Vec::new();
-        if let Some(m) = &model_id {
-            fields.push(("model_id", m.clone()));
-        }
-        match kind {
-            Kind::ImageToImage => {
-                fields.push(("prompt", text("prompt")));
-                fields.push(("negative_prompt", text("negativePrompt")));
-                fields.push(("strength", p("strength").to_string()));
-                fields.push(("num_inference_steps", p("steps").to_string()));
-            }
-            Kind::ImageToVideo => {
-                for (k, wire) in [("width", "width"), ("height", "height"), ("fps", "fps")] {
-                    fields.push((wire, p(k).to_string()));
-                }
-            }
-            Kind::Upscale => {
-                // Livepeer's upscale takes a guidance prompt; the job schema makes it optional.
-                let prompt = text("prompt");
-                let prompt = if prompt.trim().is_empty() {
-                    UPSCALE_PROMPT.to_owned()
-                } else {
-                    prompt
-                };
-                fields.push(("prompt", prompt));
-            }
-            _ => {}
-        }
-        if let Some(seed) = params.get("seed").and_then(Value::as_u64) {
-            fields.push(("seed", seed.to_string()));
-        }
-        let mut parts: Vec<multipart::Part> = fields
-            .into_iter()
-            .map(|(name, value)| multipart::Part {
-                headers: vec![(
-                    "content-disposition".to_owned(),
-                    format!("form-data; name=\"{name}\""),
-                )],
-                data: Bytes::from(value),
-            })
-            .collect();
-        let inputs = params
-            .get("inputs")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for (part, key) in inputs {
-            let key = key.as_str().unwrap_or_default();
-            let object = jobs
-                .storage
-                .get(key)
-                .await
-                .map_err(|e| RunError::Transient(format!("reading input `{part}`: {e}")))?
-                .ok_or_else(|| {
-                    RunError::Permanent(format!("input `{part}` is gone from storage"))
-                })?;
-            parts.push(multipart::Part {
-                headers: vec![
-                    (
-                        "content-disposition".to_owned(),
-                        format!("form-data; name=\"{part}\"; filename=\"{part}\""),
-                    ),
-                    ("content-type".to_owned(), object.content_type.clone()),
-                ],
-                data: object.data,
-            });
-        }
-        let boundary = multipart::boundary();
-        Ok((
-            format!("multipart/form-data; boundary={boundary}"),
-            multipart::write(&boundary, &parts),
-        ))
-    }
-
     /// The job's result: the output stored under `results/…` with its facts.
-    async fn job_result(&self, jobs: &Jobs, kind: Kind, body: &Value) -> Result<Value, RunError> {
+    async fn job_result(&self, kind: Kind, body: &Value) -> Result<Value, RunError> {
         let shape =
             |what: &str| RunError::Transient(format!("the orchestrator's answer has no {what}"));
         let (content_type, data) = if kind == Kind::AudioToText {
@@ -435,7 +340,7 @@ impl Gateway {
                 .ok_or_else(|| shape("image"))?;
             let name = url.rsplit('/').next().unwrap_or_default();
             let (ct, data) =
-                self.inner.store.get(name).await.ok_or_else(|| {
+                self.results.get(name).await.ok_or_else(|| {
                     RunError::Transient(format!("stored output `{name}` is missing"))
                 })?;
             (ct.to_owned(), Bytes::from(data))
@@ -446,7 +351,7 @@ impl Gateway {
             .unwrap_or("bin")
             .replace("jpeg", "jpg");
         let key = format!("results/job-outputs/{:032x}.{ext}", rand::random::<u128>());
-        jobs.storage
+        self.storage
             .put(&key, &content_type, data.clone())
             .await
             .map_err(|e| RunError::Transient(format!("storing the result: {e}")))?;
@@ -477,13 +382,11 @@ impl Gateway {
         Ok(result)
     }
 
+    /// Send due webhooks, 16 at a time, and record each attempt.
     async fn deliver_webhooks(&self) {
-        let Some(jobs) = self.jobs().cloned() else {
-            return;
-        };
-        let lease = Duration::from_secs(jobs.config.webhook_timeout_secs.max(1) * 2 + 5);
+        let lease = Duration::from_secs(self.config.webhook_timeout_secs.max(1) * 2 + 5);
         loop {
-            let due = match jobs.store.due_deliveries(now_ms(), lease, 16).await {
+            let due = match self.store.due_deliveries(now_ms(), lease, 16).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "reading due webhooks failed");
@@ -494,81 +397,95 @@ impl Gateway {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            let sends = due.into_iter().map(|d| {
-                let jobs = jobs.clone();
-                async move {
-                    let attempt = u32::try_from(d.attempts).unwrap_or(0) + 1;
-                    let started = Instant::now();
-                    let outcome = jobs.webhooks.send(&d.url, &jobs.secret, &d.id, d.payload.as_bytes()).await;
-                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
-                    let at = now_ms();
-                    let (status, error, next) = match &outcome {
-                        Outcome::Delivered { status } => (Some(*status), None, DeliveryNext::Delivered),
-                        Outcome::Disabled { status } => (Some(*status), Some("endpoint answered 410 Gone: disabled".to_owned()), DeliveryNext::Disabled),
-                        Outcome::Failed { status, error, retry_after } => {
-                            let next = match jobs.schedule.next_delay(attempt, *retry_after) {
-                                Some(d) => DeliveryNext::RetryAt(at + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
-                                None => DeliveryNext::Failed,
-                            };
-                            (*status, Some(error.clone()), next)
-                        }
-                    };
-                    let label = match next {
-                        DeliveryNext::Delivered => "delivered",
-                        DeliveryNext::RetryAt(_) => "retry",
-                        DeliveryNext::Failed => "failed",
-                        DeliveryNext::Disabled => "disabled",
-                    };
-                    jobs.metrics.webhooks.with_label_values(&[label]).inc();
-                    if next != DeliveryNext::Delivered {
-                        tracing::warn!(webhook = %d.id, job = %d.job_id, attempt, ?status, error = error.as_deref().unwrap_or(""), outcome = label, "webhook not delivered");
-                    }
-                    if let Err(e) = jobs.store.record_attempt(&d.id, attempt, at, status, error.as_deref(), took, next).await {
-                        tracing::error!(webhook = %d.id, error = %e, "recording a webhook attempt failed");
-                    }
-                }
-            });
+            let sends = due.into_iter().map(|d| self.deliver(d));
             futures_util::future::join_all(sends).await;
+        }
+    }
+
+    /// Send one due webhook and record the attempt and what comes next.
+    async fn deliver(&self, d: Delivery) {
+        let attempt = u32::try_from(d.attempts).unwrap_or(0) + 1;
+        let started = Instant::now();
+        let outcome = self
+            .webhooks
+            .send(&d.url, &self.secret, &d.id, d.payload.as_bytes())
+            .await;
+        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(0);
+        let at = now_ms();
+        let (status, error, next) = match &outcome {
+            Outcome::Delivered { status } => (Some(*status), None, DeliveryNext::Delivered),
+            Outcome::Disabled { status } => (
+                Some(*status),
+                Some("endpoint answered 410 Gone: disabled".to_owned()),
+                DeliveryNext::Disabled,
+            ),
+            Outcome::Failed {
+                status,
+                error,
+                retry_after,
+            } => {
+                let next = match self.schedule.next_delay(attempt, *retry_after) {
+                    Some(d) => DeliveryNext::RetryAt(
+                        at + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2),
+                    ),
+                    None => DeliveryNext::Failed,
+                };
+                (*status, Some(error.clone()), next)
+            }
+        };
+        let label = match next {
+            DeliveryNext::Delivered => "delivered",
+            DeliveryNext::RetryAt(_) => "retry",
+            DeliveryNext::Failed => "failed",
+            DeliveryNext::Disabled => "disabled",
+        };
+        self.metrics.webhooks.with_label_values(&[label]).inc();
+        if next != DeliveryNext::Delivered {
+            tracing::warn!(webhook = %d.id, job = %d.job_id, attempt, ?status, error = error.as_deref().unwrap_or(""), outcome = label, "webhook not delivered");
+        }
+        if let Err(e) = self
+            .store
+            .record_attempt(&d.id, attempt, at, status, error.as_deref(), took, next)
+            .await
+        {
+            tracing::error!(webhook = %d.id, error = %e, "recording a webhook attempt failed");
         }
     }
 
     /// Reclaim jobs of crashed gateways, delete expired results, refresh the queue gauges.
     async fn janitor(&self) {
-        let Some(jobs) = self.jobs().cloned() else {
-            return;
-        };
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
-            match jobs.store.reclaim_expired(now_ms()).await {
+            match self.store.reclaim_expired(now_ms()).await {
                 Ok(ids) if !ids.is_empty() => {
                     tracing::warn!(
                         jobs = ids.len(),
                         "requeued jobs whose worker stopped renewing its lease"
                     );
-                    jobs.wake.notify_waiters();
+                    self.wake.notify_waiters();
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "reclaiming jobs failed"),
             }
-            if let Ok(expired) = jobs.store.expired_results(now_ms(), 100).await {
+            if let Ok(expired) = self.store.expired_results(now_ms(), 100).await {
                 for job in expired {
                     let keys = result_keys(&job);
                     let mut ok = true;
                     for key in keys {
-                        if let Err(e) = jobs.storage.delete(&key).await {
+                        if let Err(e) = self.storage.delete(&key).await {
                             tracing::warn!(job = %job.id, %key, error = %e, "deleting an expired object failed");
                             ok = false;
                         }
                     }
                     if ok {
-                        let _ = jobs.store.clear_result(&job.id).await;
+                        let _ = self.store.clear_result(&job.id).await;
                     }
                 }
             }
-            if let Ok(counts) = jobs.store.counts().await {
+            if let Ok(counts) = self.store.counts().await {
                 for (state, n) in counts {
-                    jobs.metrics
+                    self.metrics
                         .queue
                         .with_label_values(&[state.as_str()])
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -595,7 +512,7 @@ fn result_keys(job: &Job) -> Vec<String> {
 }
 
 /// Why a run did not complete.
-enum RunError {
+pub(super) enum RunError {
     /// Worth another run later (no orchestrator free, a 5xx, a timeout).
     Transient(String),
     /// Running it again would fail the same way.

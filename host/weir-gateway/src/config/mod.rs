@@ -1,5 +1,13 @@
 //! Settings of the gateway role.
 
+mod jobs;
+mod live;
+mod streams;
+
+pub use jobs::JobsConfig;
+pub use live::LiveConfig;
+pub use streams::StreamsConfig;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,11 +53,11 @@ pub struct GatewayConfig {
     /// Cap on a whole request body.
     pub max_body_bytes: usize,
     /// Live video.
-    pub live: crate::live::LiveConfig,
+    pub live: LiveConfig,
     /// Async generation jobs.
-    pub jobs: crate::jobs::JobsConfig,
+    pub jobs: JobsConfig,
     /// Live AI streams.
-    pub streams: crate::ai_streams::StreamsConfig,
+    pub streams: StreamsConfig,
     /// Where the gateway keeps its files (job database and objects by default).
     pub data_dir: PathBuf,
     /// Origins whose pages may call the public routes from a browser (CORS): `["*"]` for
@@ -123,8 +131,8 @@ mod tests {
             results_dir: PathBuf::new(),
             max_file_bytes: 1,
             max_body_bytes: 1,
-            live: crate::live::LiveConfig::default(),
-            jobs: crate::jobs::JobsConfig::default(),
+            live: LiveConfig::default(),
+            jobs: JobsConfig::default(),
             data_dir: PathBuf::new(),
             cors_origins: vec!["*".into()],
         };
