@@ -1,6 +1,8 @@
 //! The gateway's HTTP surface: every feature's routes merged in one router, client
 //! authentication, CORS, `/gateway/orchestrators` and `/openapi.json`.
 
+use std::sync::Arc;
+
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -9,34 +11,32 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::dispatch::err;
-use crate::server::Gateway;
+use crate::services::Services;
 
-/// The HTTP routes of `g`: the features' client APIs behind the bearer token, pushed live
+/// The HTTP routes of the gateway's services `g`: the features' client APIs behind the bearer token, pushed live
 /// segments behind it too (with their own body limit), and the public routes (HLS, results,
 /// objects, the OpenAPI document), with CORS as `cors_origins` says (see [`crate::cors`]).
-pub(crate) fn router(g: &Gateway) -> Router {
-    let config = &g.inner.config;
+pub(crate) fn router(g: &Arc<Services>) -> Router {
+    let config = &g.config;
     let api = Router::new()
-        .merge(g.inner.jobs.routes())
-        .merge(g.inner.ai.routes())
+        .merge(g.jobs.routes())
+        .merge(g.ai.routes())
         .route("/gateway/orchestrators", get(orchestrators))
-        .merge(g.inner.byoc.routes())
-        .merge(g.inner.ai_streams.routes())
+        .merge(g.byoc.routes())
+        .merge(g.ai_streams.routes())
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(g.clone(), require_client));
     let push = g
-        .inner
         .live
         .push_routes()
         .layer(DefaultBodyLimit::max(config.live.max_push_bytes))
         .layer(middleware::from_fn_with_state(g.clone(), require_client));
     let public = g
-        .inner
         .live
         .routes()
         .merge(push)
-        .merge(g.inner.ai.public_routes())
-        .merge(g.inner.jobs.public_routes())
+        .merge(g.ai.public_routes())
+        .merge(g.jobs.public_routes())
         .route("/openapi.json", get(openapi))
         .merge(api)
         .with_state(g.clone());
@@ -49,12 +49,12 @@ pub(crate) fn router(g: &Gateway) -> Router {
 }
 
 async fn require_client(
-    State(g): State<Gateway>,
+    State(g): State<Arc<Services>>,
     headers: HeaderMap,
     req: axum::extract::Request,
     next: Next,
 ) -> Response {
-    let config = &g.inner.config;
+    let config = &g.config;
     if config.open {
         return next.run(req).await;
     }
@@ -84,19 +84,19 @@ async fn require_client(
 
 const MISSING_TOKEN: &str = "missing bearer token: send Authorization: Bearer <token>";
 
-async fn orchestrators(State(g): State<Gateway>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "orchestrators": g.discovery().views() }))
+async fn orchestrators(State(g): State<Arc<Services>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "orchestrators": g.dispatcher.discovery().views() }))
 }
 
 /// `GET /openapi.json`: the gateway's APIs (AI, jobs, live, results, BYOC, AI streams) and the
 /// node's health and admin routes it is served beside; an open gateway documents no client
 /// token.
-async fn openapi(State(g): State<Gateway>) -> Response {
+async fn openapi(State(g): State<Arc<Services>>) -> Response {
     let mut doc = weir_protocol::openapi::gateway_document();
     if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.extend(crate::jobs::openapi_paths(g.inner.jobs.catalog()));
+        paths.extend(crate::jobs::openapi_paths(g.jobs.catalog()));
     }
-    if g.inner.config.open {
+    if g.config.open {
         weir_protocol::openapi::without_auth(&mut doc);
     }
     (StatusCode::OK, Json(doc)).into_response()

@@ -17,9 +17,11 @@
 //! orchestrator at a time over trickle channels, paid ahead per interval, moved when it fails.
 //!
 //! Layout: `dispatch` is the one shared path (select → pay → send → accept/settle → retry)
-//! behind the small `Call` trait; each feature (`ai`, `live`, `byoc`, `jobs`, `ai_streams`)
-//! describes its kind of call and owns its routes (`routes()`), which `http` merges; `server`
-//! holds the [`Gateway`] and its start-up.
+//! behind the small `Call` trait. Each feature (`ai`, `live`, `byoc`, `jobs`, `ai_streams`) is a
+//! service that owns its state, describes its kind of call and owns its routes; features never
+//! import each other (what one offers another is a trait in `seams`). `server` is the
+//! composition root: it builds the [`services`](crate::services) and wires them, `http` merges
+//! their routes, and feature settings live in `config`.
 
 mod ai;
 mod ai_streams;
@@ -35,6 +37,7 @@ pub mod payments;
 mod record;
 mod seams;
 mod server;
+mod services;
 pub mod storage;
 
 /// The OpenAPI document the gateway serves.

@@ -16,6 +16,7 @@ use crate::config::GatewayConfig;
 use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::payments::GatewayPayments;
+use crate::services::Services;
 use crate::storage::ResultStore;
 
 /// Why the gateway could not start.
@@ -35,26 +36,10 @@ pub enum GatewayError {
     Jobs(#[from] crate::jobs::JobsError),
 }
 
-pub(crate) struct Inner {
-    pub(crate) config: Arc<GatewayConfig>,
-    /// The shared path every call to an orchestrator takes.
-    pub(crate) dispatcher: Arc<Dispatcher>,
-    /// The AI API.
-    pub(crate) ai: Arc<crate::ai::Ai>,
-    /// The jobs API and its workers.
-    pub(crate) jobs: Arc<crate::jobs::Jobs>,
-    /// Live video.
-    pub(crate) live: Arc<crate::live::Live>,
-    /// Live AI streams.
-    pub(crate) ai_streams: Arc<crate::ai_streams::AiStreams>,
-    /// BYOC batch jobs.
-    pub(crate) byoc: Arc<crate::byoc::Byoc>,
-}
-
 /// A running gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) inner: Arc<Services>,
 }
 
 impl Gateway {
@@ -88,7 +73,7 @@ impl Gateway {
             Arc::new(live.clone()),
         );
         Ok(Gateway {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Services {
                 config,
                 dispatcher,
                 ai,
@@ -131,7 +116,7 @@ impl Gateway {
     /// The HTTP routes: the AI API, `/results/{name}`, `/openapi.json` and
     /// `/gateway/orchestrators`, with CORS as `cors_origins` says.
     pub fn router(&self) -> Router {
-        crate::http::router(self)
+        crate::http::router(&self.inner)
     }
 }
 
