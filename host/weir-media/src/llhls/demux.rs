@@ -267,8 +267,10 @@ pub(super) fn demux(ts: &[u8]) -> Result<(Option<VideoTrack>, Option<AudioTrack>
         a_in = Some((s.index(), s.time_base()));
     }
     let mut audio: Option<AudioTrack> = None;
-    let mut packet = Packet::empty();
     loop {
+        // A fresh packet each time: av_read_frame does not release what the packet held, so
+        // reading into one packet again leaks the previous packet's buffer.
+        let mut packet = Packet::empty();
         match packet.read(&mut ictx) {
             Ok(()) => {}
             Err(ff::Error::Eof) => break,

@@ -101,9 +101,11 @@ impl Job {
                 .and_then(|i| o.octx.stream(i))
                 .map(|s| s.time_base());
         }
-        let mut packet = Packet::empty();
         let mut decoded = frame::Video::empty();
         loop {
+            // A fresh packet each time: av_read_frame does not release what the packet held,
+            // so reading into one packet again leaks the previous packet's buffer.
+            let mut packet = Packet::empty();
             match packet.read(&mut self.ictx) {
                 Ok(()) => {}
                 Err(ff::Error::Eof) => break,
