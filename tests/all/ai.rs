@@ -85,7 +85,7 @@ pub(crate) fn upscale_form() -> reqwest::blocking::multipart::Form {
         .part("image", fixture_part("fixture.png", "image/png"))
 }
 
-fn post_upscale(gw: &Weir) -> reqwest::blocking::Response {
+pub(crate) fn post_upscale(gw: &Weir) -> reqwest::blocking::Response {
     client()
         .post(format!("{}/upscale", gw.url))
         .bearer_auth(CLIENT_TOKEN)

@@ -22,7 +22,7 @@ use crate::support::{artifact, client, eventually, Weir};
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// `[gateway.jobs]` with the test models; `extra` adds keys.
-fn jobs_section(extra: &str) -> String {
+pub(crate) fn jobs_section(extra: &str) -> String {
     format!(
         "\n[gateway.jobs]\nallow_private_urls = true\nwebhook_secret = \"{SECRET}\"\nwebhook_retry_secs = [1, 1, 1]\n{extra}\n\
          [[gateway.jobs.models]]\nid = \"upscale-2x\"\ncapability = \"upscale\"\nmodel_id = \"{UPSCALE_MODEL}\"\n\
@@ -91,7 +91,7 @@ fn receiver(hooks: Arc<Hooks>) -> TestServer {
 }
 
 /// A server handing out the upscale fixture (and an oversized file).
-fn image_server() -> TestServer {
+pub(crate) fn image_server() -> TestServer {
     let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
     let router = axum::Router::new()
         .route(
@@ -108,7 +108,7 @@ fn image_server() -> TestServer {
     TestServer::start(router)
 }
 
-fn submit(gw: &Weir, body: &Value, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
+pub(crate) fn submit(gw: &Weir, body: &Value, headers: &[(&str, &str)]) -> (u16, HeaderMap, Value) {
     let mut req = client()
         .post(format!("{}/api/v1/generate", gw.url))
         .bearer_auth(CLIENT_TOKEN)

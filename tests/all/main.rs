@@ -20,6 +20,7 @@ mod jobs;
 mod listeners;
 mod live;
 mod node;
+mod object_store;
 mod openapi_conformance;
 mod recovery;
 mod reload_in_flight;

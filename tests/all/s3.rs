@@ -353,7 +353,7 @@ fn weed_binary() -> Option<PathBuf> {
 }
 
 /// The shared server, or `None` after printing that `test` was skipped.
-fn server_or_skip(test: &str) -> Option<Arc<SeaweedFs>> {
+pub(crate) fn server_or_skip(test: &str) -> Option<Arc<SeaweedFs>> {
     let server = SeaweedFs::shared();
     if server.is_none() {
         eprintln!("skipped s3::{test}: no weed binary (run `make tools`, or set WEIR_WEED to it)");
@@ -361,7 +361,7 @@ fn server_or_skip(test: &str) -> Option<Arc<SeaweedFs>> {
     server
 }
 
-async fn open(config: &StorageConfig) -> Storage {
+pub(crate) async fn open(config: &StorageConfig) -> Storage {
     Storage::open(config, "http://127.0.0.1:1", b"unused for s3")
         .await
         .expect("open S3 storage")

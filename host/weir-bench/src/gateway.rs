@@ -344,7 +344,7 @@ fn gateway_config(orch_url: String, gw_url: String, data: &Path) -> weir_gateway
         attempt_timeout: Duration::from_secs(30),
         suspend_for: Duration::from_secs(1),
         public_url: gw_url,
-        results_dir: data.join("results"),
+        storage: None,
         max_file_bytes: 1 << 20,
         max_body_bytes: 2 << 20,
         live: weir_gateway::LiveConfig::default(),

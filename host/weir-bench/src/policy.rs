@@ -92,20 +92,8 @@ fn candidates(n: usize) -> Vec<Candidate> {
 }
 
 fn request() -> JobRequest {
-    JobRequest {
-        id: "bench".into(),
-        capability: "text-to-image".into(),
-        model: "sdxl".into(),
-        params: vec![],
-        output: OutputSize {
-            width: 1024,
-            height: 1024,
-            frames: 1,
-            count: 1,
-        },
-        units: 1024 * 1024,
-        sender: "0xbench".into(),
-    }
+    let output = OutputSize::new(1024, 1024, 1, 1);
+    JobRequest::priced("text-to-image", "sdxl", output, 1024 * 1024, "0xbench").with("bench", &[])
 }
 
 fn context() -> QuoteContext {

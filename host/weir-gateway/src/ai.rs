@@ -1,5 +1,6 @@
 //! The AI API: `POST /{capability}` runs one request on an orchestrator through the
-//! dispatcher; media in the answer are stored and served from `/results/{name}`.
+//! dispatcher; media in the answer are put in the object store and served from
+//! `/results/{name}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,20 +18,21 @@ use weir_protocol::ai::{AudioResponse, ImageResponse, LlmChoice, LlmResponse};
 use weir_protocol::body::{parse_request, ParsedRequest};
 use weir_protocol::info::{CHARGE_HEADER, MODEL_HEADER};
 use weir_protocol::{AiHttpError, Capability};
+use weir_storage::Storage;
 
 use crate::config::GatewayConfig;
 use crate::dispatch::{
     err, read_capped, Answer, Call, Choice, Dispatched, Dispatcher, ORCHESTRATOR_HEADER,
 };
 use crate::seams::{AiRequests, BoxFut, Served};
-use crate::storage::ResultStore;
+use crate::storage::{put_result, result_key, StoredResult};
 
 /// The AI API: runs requests on orchestrators through the dispatcher and keeps the media of
-/// their answers in the result store.
+/// their answers in the object store.
 pub(crate) struct Ai {
     config: Arc<GatewayConfig>,
     dispatcher: Arc<Dispatcher>,
-    store: Arc<ResultStore>,
+    storage: Storage,
     /// AI API requests by capability and status.
     requests: IntCounterVec,
 }
@@ -47,7 +49,8 @@ struct AiCall<'a> {
 }
 
 impl Call for AiCall<'_> {
-    type Output = serde_json::Value;
+    /// The answer with its media's URLs the gateway's own, and the media as stored.
+    type Output = (serde_json::Value, Vec<StoredResult>);
 
     fn capability(&self) -> &str {
         self.parsed.request.capability().id()
@@ -69,7 +72,7 @@ impl Call for AiCall<'_> {
             .body(self.body.clone())
     }
 
-    async fn accept(&self, answer: Answer) -> Result<serde_json::Value, String> {
+    async fn accept(&self, answer: Answer) -> Result<Self::Output, String> {
         // Store the media before paying: an answer that cannot be stored is not a result.
         let v = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .map_err(|e| format!("invalid JSON: {e}"))?;
@@ -84,7 +87,7 @@ impl Ai {
     pub(crate) fn new(
         config: Arc<GatewayConfig>,
         dispatcher: Arc<Dispatcher>,
-        store: Arc<ResultStore>,
+        storage: Storage,
         metrics: &prometheus::Registry,
     ) -> Result<Arc<Ai>, prometheus::Error> {
         let requests = IntCounterVec::new(
@@ -98,7 +101,7 @@ impl Ai {
         Ok(Arc::new(Ai {
             config,
             dispatcher,
-            store,
+            storage,
             requests,
         }))
     }
@@ -198,7 +201,7 @@ impl Ai {
         };
         let Dispatched {
             choice,
-            output,
+            output: (output, results),
             charge,
             attempts,
         } = dispatcher.run(&request_id, queue, &call).await?;
@@ -206,41 +209,47 @@ impl Ai {
         Ok(Served {
             orchestrator: choice.url,
             body: output,
+            results,
             charge,
             units,
             stream,
         })
     }
 
-    /// Store every media object of an answer and rewrite its URL to the gateway's own.
+    /// Store every media object of an answer and rewrite its URL to the gateway's own; the
+    /// answer and what was stored, in the answer's order.
     async fn store_results(
         &self,
         capability: Capability,
         body: serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<(serde_json::Value, Vec<StoredResult>), String> {
         use weir_protocol::Capability as C;
         let shape = |e: serde_json::Error| format!("not a {capability} answer: {e}");
-        match capability {
+        let mut stored = Vec::new();
+        let body = match capability {
             C::TextToImage | C::ImageToImage | C::Upscale | C::ImageToVideo => {
                 let mut r: ImageResponse = serde_json::from_value(body).map_err(shape)?;
                 if r.images.is_empty() {
                     return Err("the answer holds no images".to_owned());
                 }
                 for m in &mut r.images {
-                    m.url = self.store_one(&m.url).await?;
+                    m.url = self.store_one(&m.url, &mut stored).await?;
                 }
-                serde_json::to_value(r).map_err(|e| e.to_string())
+                serde_json::to_value(r).map_err(|e| e.to_string())?
             }
             C::TextToSpeech => {
                 let mut r: AudioResponse = serde_json::from_value(body).map_err(shape)?;
-                r.audio.url = self.store_one(&r.audio.url).await?;
-                serde_json::to_value(r).map_err(|e| e.to_string())
+                r.audio.url = self.store_one(&r.audio.url, &mut stored).await?;
+                serde_json::to_value(r).map_err(|e| e.to_string())?
             }
-            _ => Ok(body),
-        }
+            _ => body,
+        };
+        Ok((body, stored))
     }
 
-    async fn store_one(&self, url: &str) -> Result<String, String> {
+    /// Store the medium at `url` (a data URL or the orchestrator's), add it to `stored`, and
+    /// answer its URL on this gateway.
+    async fn store_one(&self, url: &str, stored: &mut Vec<StoredResult>) -> Result<String, String> {
         let (content_type, data) = if let Some(rest) = url.strip_prefix("data:") {
             let (meta, payload) = rest.split_once(',').ok_or("data URL without a comma")?;
             let content_type = meta.trim_end_matches(";base64").to_owned();
@@ -256,15 +265,16 @@ impl Ai {
                 url.chars().take(40).collect::<String>()
             ));
         };
-        let name = self
-            .store
-            .put(&content_type, &data)
+        let result = put_result(&self.storage, &content_type, data)
             .await
             .map_err(|e| format!("storing a result: {e}"))?;
-        Ok(format!(
-            "{}/results/{name}",
-            self.config.public_url.trim_end_matches('/')
-        ))
+        let url = format!(
+            "{}/{}",
+            self.config.public_url.trim_end_matches('/'),
+            result.key
+        );
+        stored.push(result);
+        Ok(url)
     }
 
     /// The content type and bytes of a result an orchestrator serves at `url`.
@@ -377,12 +387,21 @@ async fn ai(
     response
 }
 
-/// `GET /results/{name}`.
+/// `GET /results/{name}`: read from the object store (on S3 too: result URLs are the
+/// gateway's, so they never expire).
 async fn result(State(ai): State<Arc<Ai>>, UrlPath(name): UrlPath<String>) -> Response {
-    match ai.store.get(&name).await {
-        Some((content_type, data)) => {
-            ([(header::CONTENT_TYPE, content_type)], data).into_response()
+    let missing = || err(404, format!("no result `{name}`")).into_response();
+    let Some(key) = result_key(&name) else {
+        return missing();
+    };
+    match ai.storage.get(&key).await {
+        Ok(Some(object)) => {
+            ([(header::CONTENT_TYPE, object.content_type)], object.data).into_response()
         }
-        None => err(404, format!("no result `{name}`")).into_response(),
+        Ok(None) => missing(),
+        Err(e) => {
+            tracing::warn!(result = %name, error = %e, "reading a result failed");
+            err(503, format!("result storage is unavailable: {e}")).into_response()
+        }
     }
 }

@@ -6,7 +6,8 @@
 //! job's cost in the gateway ledger and sends a signed payment for what the balance lacks.
 //! Transport errors, 5xx and "insufficient capacity" move on to the next orchestrator within
 //! a retry budget (failing ones are suspended for a while); a changed price is picked up and
-//! retried once. Results are stored by the gateway and their URLs rewritten to its own.
+//! retried once. Results are put in the gateway's one object store (`storage`: local disk or
+//! S3) and their URLs rewritten to its own.
 //!
 //! Live video ([`live`]): RTMP and HTTP-pushed segments are transcoded on orchestrators the
 //! same way (chosen, paid per output pixel, retried) and served as HLS.
@@ -38,7 +39,7 @@ mod record;
 mod seams;
 mod server;
 mod services;
-pub mod storage;
+mod storage;
 
 /// The OpenAPI document the gateway serves.
 pub mod openapi {

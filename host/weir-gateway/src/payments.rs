@@ -12,6 +12,29 @@ use std::sync::Arc;
 use weir_payments::credit::{account, Wallet};
 use weir_payments::{cost, Ledger, LedgerError, UnitPrice};
 
+/// How this gateway pays orchestrators: what it sends with a job for the amount its balance
+/// there lacks. Signed credits (the `Weir-Payment` header, [`Wallet`]) are the one scheme
+/// today; Livepeer's off-chain payments and probabilistic tickets are others, each the
+/// counterpart of the orchestrator's `PaymentScheme` that verifies it.
+pub trait PaymentScheme: Send + Sync {
+    /// Who pays: the sender id orchestrators keep balances under.
+    fn sender(&self) -> String;
+    /// The payment header's value for payment `id` of `amount` to `account` at `price`
+    /// (`amount` 0 proves who is asking without moving money).
+    fn pay(&self, id: &str, account: &str, amount: u64, price: UnitPrice) -> String;
+}
+
+/// Signed credits.
+impl PaymentScheme for Wallet {
+    fn sender(&self) -> String {
+        Wallet::sender(self)
+    }
+
+    fn pay(&self, id: &str, account: &str, amount: u64, price: UnitPrice) -> String {
+        Wallet::pay(self, id, account, amount, price)
+    }
+}
+
 /// An open job with one orchestrator.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -46,23 +69,23 @@ pub struct Settled {
     pub disputed: bool,
 }
 
-/// The gateway ledger plus the signing wallet.
+/// The gateway ledger plus the payment scheme.
 pub struct GatewayPayments {
     ledger: Arc<dyn Ledger>,
-    wallet: Wallet,
+    scheme: Box<dyn PaymentScheme>,
     mismatches: prometheus::IntCounterVec,
 }
 
 impl GatewayPayments {
-    /// Payments with `ledger`, signed by `wallet`; `mismatches` counts disputes.
+    /// Payments recorded in `ledger` and made with `scheme`; `mismatches` counts disputes.
     pub fn new(
         ledger: Arc<dyn Ledger>,
-        wallet: Wallet,
+        scheme: Box<dyn PaymentScheme>,
         mismatches: prometheus::IntCounterVec,
     ) -> Self {
         GatewayPayments {
             ledger,
-            wallet,
+            scheme,
             mismatches,
         }
     }
@@ -74,14 +97,14 @@ impl GatewayPayments {
 
     /// This gateway's sender id.
     pub fn sender(&self) -> String {
-        self.wallet.sender()
+        self.scheme.sender()
     }
 
     /// A signed payment of nothing: proves to an orchestrator who is asking (stream updates,
     /// stops) without moving money.
     pub fn authenticate(&self, account: &str, price: UnitPrice) -> String {
         let id = format!("auth-{:032x}", rand::random::<u128>());
-        self.wallet.pay(&id, account, 0, price)
+        self.scheme.pay(&id, account, 0, price)
     }
 
     /// Reserve the cost of `units` at `price` with `orchestrator` and sign what must be paid.
@@ -111,7 +134,7 @@ impl GatewayPayments {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let header = self.wallet.pay(&payment_id, &account, topup, price);
+        let header = self.scheme.pay(&payment_id, &account, topup, price);
         Ok(Pending {
             job_id,
             payment_id,

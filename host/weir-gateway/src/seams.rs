@@ -9,6 +9,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use weir_protocol::{AiHttpError, Capability};
 
+use crate::storage::StoredResult;
+
 /// A boxed future borrowing its service.
 pub(crate) type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -18,6 +20,8 @@ pub(crate) struct Served {
     pub orchestrator: String,
     /// The answer, media URLs rewritten to the gateway's own.
     pub body: serde_json::Value,
+    /// The answer's media as stored in the object store, in the answer's order.
+    pub results: Vec<StoredResult>,
     /// What the gateway paid.
     pub charge: u64,
     /// Output units (pixels, samples…) the request was priced by.
@@ -42,7 +46,7 @@ pub(crate) trait AiRequests: Send + Sync {
 pub(crate) trait StreamOutputs: Send + Sync {
     /// The HLS output of AI stream `id`, opened (or continued after the stream moved, with a
     /// discontinuity) for a new session; `None` when it cannot be served (logged).
-    fn open(&self, id: &str) -> Option<Arc<dyn StreamOutput>>;
+    fn open(self: Arc<Self>, id: &str) -> Option<Arc<dyn StreamOutput>>;
     /// AI stream `id` ended: end its playlists.
     fn end(&self, id: &str);
 }

@@ -17,7 +17,6 @@ use crate::discovery::Discovery;
 use crate::dispatch::Dispatcher;
 use crate::payments::GatewayPayments;
 use crate::services::Services;
-use crate::storage::ResultStore;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +24,7 @@ pub enum GatewayError {
     /// The ledger could not be opened.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    /// A file (wallet, results directory) could not be used.
+    /// A file (the wallet) could not be used.
     #[error("{0}")]
     Io(String),
     /// Metrics could not be registered.
@@ -34,6 +33,9 @@ pub enum GatewayError {
     /// The jobs engine could not start.
     #[error(transparent)]
     Jobs(#[from] crate::jobs::JobsError),
+    /// The object store could not be opened.
+    #[error("object storage: {0}")]
+    Storage(#[from] weir_storage::StorageError),
 }
 
 /// A running gateway; cheap to clone.
@@ -57,21 +59,17 @@ impl Gateway {
             Arc::new(open_dispatcher(&config, registry, ledger, wallet_path, metrics).await?);
         weir_media::profile::validate_ladder(&config.live.profiles)
             .map_err(|e| GatewayError::Io(format!("live ladder: {e}")))?;
-        let store = ResultStore::open(&config.results_dir).map_err(|e| {
-            GatewayError::Io(format!("results dir {}: {e}", config.results_dir.display()))
-        })?;
-        let store = Arc::new(store);
-        let ai = crate::ai::Ai::new(config.clone(), dispatcher.clone(), store.clone(), metrics)?;
-        let jobs = crate::jobs::Jobs::open(&config, ai.clone(), store, metrics).await?;
+        let link_key = crate::jobs::object_link_key(&config)?;
+        let storage = crate::storage::open(&config, &link_key).await?;
+        tracing::info!(storage = storage.backend(), "object store ready");
+        let ai = crate::ai::Ai::new(config.clone(), dispatcher.clone(), storage.clone(), metrics)?;
+        let jobs = crate::jobs::Jobs::open(&config, ai.clone(), storage, metrics).await?;
         let live =
             crate::live::Live::new(config.live.clone(), &config, dispatcher.clone(), metrics)?;
         let byoc = crate::byoc::Byoc::new(dispatcher.clone());
         // Live AI streams show their output through live video's HLS.
-        let ai_streams = crate::ai_streams::AiStreams::new(
-            config.clone(),
-            dispatcher.clone(),
-            Arc::new(live.clone()),
-        );
+        let ai_streams =
+            crate::ai_streams::AiStreams::new(config.clone(), dispatcher.clone(), live.clone());
         Ok(Gateway {
             inner: Arc::new(Services {
                 config,
@@ -177,7 +175,7 @@ async fn open_dispatcher(
         config.clone(),
         registry,
         discovery,
-        GatewayPayments::new(ledger, wallet, mismatches),
+        GatewayPayments::new(ledger, Box::new(wallet), mismatches),
         client,
         metrics,
     )?)

@@ -37,6 +37,39 @@ pub fn ladder_pixels(profiles: &[Profile], duration_ms: u64) -> u64 {
         .min(u128::from(u64::MAX)) as u64
 }
 
+/// What a ladder produces from a segment, as routers and pricing components see it: the
+/// largest rendition's size, the most frames any rendition has, and how many renditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LadderSize {
+    /// Widest rendition, in pixels.
+    pub width: u32,
+    /// Tallest rendition, in pixels.
+    pub height: u32,
+    /// Most frames of any rendition over `duration_ms`, rounded up.
+    pub frames: u32,
+    /// Renditions.
+    pub count: u32,
+}
+
+/// The size of what `profiles` produce from `duration_ms` of media; the gateway and the
+/// orchestrator both describe a segment's job with it.
+pub fn ladder_size(profiles: &[Profile], duration_ms: u64) -> LadderSize {
+    let frames = profiles
+        .iter()
+        .map(|p| {
+            (u128::from(duration_ms) * u128::from(p.fps))
+                .div_ceil(1000 * u128::from(p.fps_den.max(1)))
+        })
+        .max()
+        .unwrap_or(0);
+    LadderSize {
+        width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
+        height: profiles.iter().map(|p| p.height).max().unwrap_or(0),
+        frames: u32::try_from(frames).unwrap_or(u32::MAX),
+        count: u32::try_from(profiles.len()).unwrap_or(u32::MAX),
+    }
+}
+
 /// The renditions of segment `seq` as a `multipart/mixed` body: (content type, body).
 pub fn renditions_body(seq: &str, renditions: &[Rendition]) -> (String, Bytes) {
     let boundary = multipart::boundary();
@@ -116,6 +149,26 @@ mod tests {
         assert_eq!(ladder_pixels(&ladder, 2000), 60 * (426 * 240 + 640 * 360));
         // A partial frame is a whole frame.
         assert_eq!(ladder_pixels(&ladder[..1], 1), 426 * 240);
+    }
+
+    #[test]
+    fn a_ladder_is_sized_by_its_largest_rendition_and_most_frames() {
+        let mut ladder = crate::profile::default_ladder();
+        assert_eq!(
+            ladder_size(&ladder, 2000),
+            LadderSize {
+                width: 640,
+                height: 360,
+                frames: 60,
+                count: 2
+            }
+        );
+        // 29.97 fps over 2 s is 59.94 frames: 60, as billed.
+        ladder[0].fps = 30_000;
+        ladder[0].fps_den = 1001;
+        assert_eq!(ladder_size(&ladder[..1], 2000).frames, 60);
+        let empty = ladder_size(&[], 2000);
+        assert_eq!((empty.width, empty.frames, empty.count), (0, 0, 0));
     }
 
     #[test]

@@ -110,12 +110,8 @@ impl Metrics {
 
 /// What one job produces, for the pricing component.
 fn output_size(facts: MediaFacts) -> weir_runtime::OutputSize {
-    weir_runtime::OutputSize {
-        width: facts.image.map_or(0, |i| i.0),
-        height: facts.image.map_or(0, |i| i.1),
-        frames: 0,
-        count: 1,
-    }
+    let (width, height) = facts.image.unwrap_or((0, 0));
+    weir_runtime::OutputSize::new(width, height, 0, 1)
 }
 
 impl Orchestrator {

@@ -243,15 +243,7 @@ impl Orchestrator {
             .registry
             .get_world(&self.inner.config.pricing, WorldKind::Pricing)
             .map_err(|e| e.to_string())?;
-        let request = weir_runtime::JobRequest {
-            id: String::new(),
-            capability: capability.to_owned(),
-            model: model.to_owned(),
-            params: Vec::new(),
-            output,
-            units,
-            sender: sender.to_owned(),
-        };
+        let request = weir_runtime::JobRequest::priced(capability, model, output, units, sender);
         let context = QuoteContext {
             role: Role::Orchestrator,
             counterparty: sender.to_owned(),
@@ -292,12 +284,7 @@ impl Orchestrator {
             }
         }
         if let Some(t) = &self.inner.transcode {
-            let output = weir_runtime::OutputSize {
-                width: 0,
-                height: 0,
-                frames: 0,
-                count: 1,
-            };
+            let output = weir_runtime::OutputSize::NONE;
             match self
                 .quote_for(live::CAPABILITY, live::MODEL, &t.capacity, "", output, 0)
                 .await

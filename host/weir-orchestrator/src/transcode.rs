@@ -202,12 +202,9 @@ impl Orchestrator {
         }
         let payer = Payer::for_account(self.payment(headers)?, CAPABILITY, MODEL, "job")?;
         let units = ladder_pixels(&profiles, duration_ms);
-        let output = weir_runtime::OutputSize {
-            width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
-            height: profiles.iter().map(|p| p.height).max().unwrap_or(0),
-            frames: 0,
-            count: profiles.len() as u32,
-        };
+        let size = weir_media::wire::ladder_size(&profiles, duration_ms);
+        let output =
+            weir_runtime::OutputSize::new(size.width, size.height, size.frames, size.count);
         let what = payer.account.clone();
         let order = Order {
             what: &what,

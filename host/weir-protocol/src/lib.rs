@@ -10,6 +10,7 @@
 //!   and the media facts billing needs.
 //! - [`openapi`]: the OpenAPI 3.1 documents of every public HTTP API, one module per API; the
 //!   AI API's built from the validation code.
+//! - [`ids`]: the one rule for ids clients choose (stream ids, stream keys).
 //! - [`info`]: what an orchestrator advertises, and the job headers.
 //! - [`error`]: error bodies in the shapes Livepeer clients parse (`{"detail":{"msg"}}` and
 //!   `{"detail":[{loc,msg,type}]}`), with the real cause in the message.
@@ -20,6 +21,7 @@ pub mod body;
 pub mod byoc;
 pub mod capability;
 pub mod error;
+pub mod ids;
 pub mod info;
 pub mod multipart;
 pub mod openapi;

@@ -73,12 +73,12 @@ impl From<JsonJobRequest> for JobRequest {
                     },
                 })
                 .collect(),
-            output: OutputSize {
-                width: r.output.width,
-                height: r.output.height,
-                frames: r.output.frames,
-                count: r.output.count,
-            },
+            output: OutputSize::new(
+                r.output.width,
+                r.output.height,
+                r.output.frames,
+                r.output.count,
+            ),
             units: r.units,
             sender: r.sender,
         }

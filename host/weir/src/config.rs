@@ -74,8 +74,12 @@ pub struct GatewaySection {
     /// Record every stream (source and renditions) under `<data_dir>/recordings`, served at
     /// `/recordings/{stream}/index.m3u8` (default false).
     pub record: Option<bool>,
-    /// Async generation jobs (`[gateway.jobs]`): database, storage, models, limits.
+    /// Async generation jobs (`[gateway.jobs]`): database, models, limits.
     pub jobs: weir_gateway::JobsConfig,
+    /// The gateway's object store (`[gateway.storage]`) for AI results, job inputs and job
+    /// outputs: `type = "local"` with `dir` (default `<data_dir>/objects`) or `type = "s3"`.
+    /// `[gateway.jobs.storage]`, its older spelling, is used when this is absent.
+    pub storage: Option<weir_storage::StorageConfig>,
     /// The gateway's ledger (what it holds with and spent at each orchestrator):
     /// `sqlite://PATH` (default `<data_dir>/gateway-ledger.db`) or `postgres://…`, shared by
     /// every gateway pointed at it (tables in schema `weir_ledger_gateway`).
@@ -339,8 +343,10 @@ impl FileConfig {
                 }
             }
         }
-        if let Some(weir_storage::StorageConfig::Local { dir }) = &mut self.gateway.jobs.storage {
-            join(dir);
+        for storage in [&mut self.gateway.storage, &mut self.gateway.jobs.storage] {
+            if let Some(weir_storage::StorageConfig::Local { dir }) = storage {
+                join(dir);
+            }
         }
         for db in [
             &mut self.gateway.jobs.database,

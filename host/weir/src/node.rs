@@ -135,7 +135,7 @@ pub fn gateway_config(
             .public_url
             .clone()
             .unwrap_or_else(|| public_url.to_owned()),
-        results_dir: config.data_dir.join("results"),
+        storage: g.storage.clone().or_else(|| g.jobs.storage.clone()),
         max_file_bytes: upload,
         max_body_bytes: upload + (1 << 20),
         live: weir_gateway::LiveConfig {

@@ -1,6 +1,7 @@
 //! One live AI stream's session on an orchestrator: starting it there, reading its channels,
 //! paying ahead per interval, relaying updates, and moving it when the orchestrator fails.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -189,7 +190,7 @@ impl Owner {
             commands,
             generation: session.generation,
         };
-        let output = self.streams.outputs.open(&self.id);
+        let output = Arc::clone(&self.streams.outputs).open(&self.id);
         let channels = &session.channels;
         if !channels.subscribe_url.is_empty() {
             let url = channels.subscribe_url.clone();

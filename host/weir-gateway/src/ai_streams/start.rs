@@ -104,24 +104,7 @@ fn stream_id(start: &StreamStart) -> Result<String, AiHttpError> {
             "rtmp_output is not supported yet: watch the stream over HLS",
         ));
     }
-    if start.stream_id.is_empty() {
-        Ok(format!("{:016x}", rand::random::<u64>()))
-    } else if valid_id(&start.stream_id) {
-        Ok(start.stream_id.clone())
-    } else {
-        Err(err(
-            400,
-            "stream_id must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`",
-        ))
-    }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    weir_protocol::ids::stream_id_or_new(&start.stream_id).map_err(|e| err(400, e))
 }
 
 impl AiStream {

@@ -10,7 +10,8 @@ pub struct JobsConfig {
     /// `sqlite://PATH` (default `<data-dir>/jobs.db`) or `postgres://…` to share jobs between
     /// gateways.
     pub database: Option<String>,
-    /// Where inputs and results are kept (default: local disk under `<data-dir>/objects`).
+    /// The older spelling of `[gateway.storage]` (the gateway's one object store), used when
+    /// that is absent; the gateway itself reads only `GatewayConfig::storage`.
     pub storage: Option<weir_storage::StorageConfig>,
     /// The models clients may submit.
     pub models: Vec<ModelSpec>,

@@ -46,8 +46,9 @@ pub struct GatewayConfig {
     pub suspend_for: Duration,
     /// Base URL clients fetch results from (`{public_url}/results/...`).
     pub public_url: String,
-    /// Where results are stored.
-    pub results_dir: PathBuf,
+    /// The object store for AI results, job inputs and job outputs (default: local disk under
+    /// `<data_dir>/objects`).
+    pub storage: Option<weir_storage::StorageConfig>,
     /// Cap on one uploaded file.
     pub max_file_bytes: usize,
     /// Cap on a whole request body.
@@ -128,7 +129,7 @@ mod tests {
             attempt_timeout: Duration::from_secs(1),
             suspend_for: Duration::from_secs(1),
             public_url: String::new(),
-            results_dir: PathBuf::new(),
+            storage: None,
             max_file_bytes: 1,
             max_body_bytes: 1,
             live: LiveConfig::default(),

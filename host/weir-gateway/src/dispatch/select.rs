@@ -73,20 +73,15 @@ impl Dispatcher {
         job: &weir_protocol::byoc::JobRequest,
         units: u64,
     ) -> Result<VecDeque<Choice>, AiHttpError> {
-        let request = JobRequest {
-            id: job.id.clone(),
-            capability: job.capability.clone(),
-            model: BYOC_MODEL.to_owned(),
-            params: Vec::new(),
-            output: OutputSize {
-                width: 0,
-                height: 0,
-                frames: 0,
-                count: 1,
-            },
+        let sender = self.payments.sender();
+        let request = JobRequest::priced(
+            &job.capability,
+            BYOC_MODEL,
+            OutputSize::NONE,
             units,
-            sender: self.payments.sender(),
-        };
+            &sender,
+        )
+        .with(&job.id, &[]);
         let cap = job.capability.as_str();
         let choices = match self
             .choose(cap, Some(BYOC_MODEL), BYOC_MODEL, request.clone())

@@ -37,7 +37,6 @@ use weir_storage::Storage;
 use crate::config::GatewayConfig;
 pub use crate::config::JobsConfig;
 use crate::seams::AiRequests;
-use crate::storage::ResultStore;
 
 /// Why the jobs engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +105,6 @@ impl JobMetrics {
 pub(crate) struct Jobs {
     /// The AI API the workers run jobs through.
     ai: Arc<dyn AiRequests>,
-    /// Where the AI API keeps the media of its answers, read back as job results.
-    results: Arc<ResultStore>,
     /// The gateway's public URL, for job locations.
     public_url: String,
     store: Arc<dyn JobStore>,
@@ -126,12 +123,13 @@ pub(crate) struct Jobs {
 }
 
 impl Jobs {
-    /// Open the store and storage of the gateway's `[gateway.jobs]` (its data directory holds
-    /// the defaults); jobs run through `ai` and read their outputs from `results`.
+    /// Open the job store of the gateway's `[gateway.jobs]` (its data directory holds the
+    /// default); jobs keep their inputs in `storage` and run through `ai`, whose stored
+    /// results are their outputs.
     pub(crate) async fn open(
         gateway: &GatewayConfig,
         ai: Arc<dyn AiRequests>,
-        results: Arc<ResultStore>,
+        storage: Storage,
         metrics: &prometheus::Registry,
     ) -> Result<Arc<Jobs>, JobsError> {
         let (config, data_dir) = (&gateway.jobs, gateway.data_dir.as_path());
@@ -143,17 +141,6 @@ impl Jobs {
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("jobs.db").display()));
         let store = store::open(&database).await?;
         let secret = webhook_secret(config, data_dir)?;
-        let storage_config =
-            config
-                .storage
-                .clone()
-                .unwrap_or_else(|| weir_storage::StorageConfig::Local {
-                    dir: data_dir.join("objects"),
-                });
-        // Local links are signed with a key derived from the webhook secret: stable across
-        // restarts and shared by gateways configured alike.
-        let link_key = Sha256::digest(format!("weir-object-links:{}", secret.as_str()));
-        let storage = Storage::open(&storage_config, public_url, &link_key).await?;
         let (egress, hook_egress) = egress_clients(config)?;
         let schedule = match &config.webhook_retry_secs {
             Some(delays) => RetrySchedule {
@@ -166,7 +153,6 @@ impl Jobs {
         tracing::info!(backend = store.backend(), storage = storage.backend(), %worker, models = catalog.ids().count(), "jobs engine ready");
         Ok(Arc::new(Jobs {
             ai,
-            results,
             public_url: public_url.to_owned(),
             store,
             catalog,
@@ -211,6 +197,13 @@ impl Jobs {
 }
 
 /// The webhook signing secret: the configured one, or the one kept in `data_dir`.
+/// The key the object store signs local links with: derived from the webhook secret, so it
+/// is stable across restarts and shared by gateways configured alike.
+pub(crate) fn object_link_key(gateway: &GatewayConfig) -> Result<Vec<u8>, JobsError> {
+    let secret = webhook_secret(&gateway.jobs, &gateway.data_dir)?;
+    Ok(Sha256::digest(format!("weir-object-links:{}", secret.as_str())).to_vec())
+}
+
 fn webhook_secret(
     config: &JobsConfig,
     data_dir: &std::path::Path,

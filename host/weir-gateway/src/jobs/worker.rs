@@ -16,6 +16,7 @@ use weir_jobs::webhook::Outcome;
 
 use super::{rfc3339, Jobs};
 use crate::dispatch::message_of;
+use crate::seams::Served;
 
 use super::http::status_body;
 
@@ -309,7 +310,7 @@ impl Jobs {
             })?;
         let gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         progress.store(90, Ordering::Relaxed);
-        let result = self.job_result(kind, &served.body).await?;
+        let result = self.job_result(kind, &served).await?;
         let ttl =
             i64::try_from(self.config.result_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         Ok(Completion {
@@ -322,39 +323,32 @@ impl Jobs {
         })
     }
 
-    /// The job's result: the output stored under `results/…` with its facts.
-    async fn job_result(&self, kind: Kind, body: &Value) -> Result<Value, RunError> {
+    /// The job's result: the output the AI API stored (under `results/…`) with its facts.
+    async fn job_result(&self, kind: Kind, served: &Served) -> Result<Value, RunError> {
+        let body = &served.body;
         let shape =
             |what: &str| RunError::Transient(format!("the orchestrator's answer has no {what}"));
-        let (content_type, data) = if kind == Kind::AudioToText {
+        let (key, content_type, data) = if kind == Kind::AudioToText {
             let text = body.get("text").ok_or_else(|| shape("text"))?;
             let data = serde_json::to_vec(
                 &json!({"text": text, "chunks": body.get("chunks").cloned().unwrap_or(json!([]))}),
             )
             .map_err(|e| RunError::Permanent(e.to_string()))?;
-            ("application/json".to_owned(), Bytes::from(data))
+            let key = format!("results/{:032x}.json", rand::random::<u128>());
+            let data = Bytes::from(data);
+            self.storage
+                .put(&key, "application/json", data.clone())
+                .await
+                .map_err(|e| RunError::Transient(format!("storing the result: {e}")))?;
+            (key, "application/json".to_owned(), data)
         } else {
-            let url = body
-                .pointer("/images/0/url")
-                .and_then(Value::as_str)
-                .ok_or_else(|| shape("image"))?;
-            let name = url.rsplit('/').next().unwrap_or_default();
-            let (ct, data) =
-                self.results.get(name).await.ok_or_else(|| {
-                    RunError::Transient(format!("stored output `{name}` is missing"))
-                })?;
-            (ct.to_owned(), Bytes::from(data))
+            let stored = served.results.first().ok_or_else(|| shape("image"))?;
+            (
+                stored.key.clone(),
+                stored.content_type.clone(),
+                stored.data.clone(),
+            )
         };
-        let ext = content_type
-            .rsplit('/')
-            .next()
-            .unwrap_or("bin")
-            .replace("jpeg", "jpg");
-        let key = format!("results/job-outputs/{:032x}.{ext}", rand::random::<u128>());
-        self.storage
-            .put(&key, &content_type, data.clone())
-            .await
-            .map_err(|e| RunError::Transient(format!("storing the result: {e}")))?;
         let mut result = json!({
             "key": key,
             "contentType": content_type,

@@ -26,11 +26,11 @@ impl StreamOutput for AiOutput {
     }
 }
 
-impl StreamOutputs for Arc<Live> {
-    fn open(&self, id: &str) -> Option<Arc<dyn StreamOutput>> {
+impl StreamOutputs for Live {
+    fn open(self: Arc<Self>, id: &str) -> Option<Arc<dyn StreamOutput>> {
         match self.open_stream(id, Vec::new(), true, true) {
             Ok((stream, generation)) => Some(Arc::new(AiOutput {
-                live: Arc::clone(self),
+                live: Arc::clone(&self),
                 stream,
                 generation,
             })),

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use weir_media::hls::{self, MediaPlaylist, Variant};
 use weir_media::llhls::{Fmp4Segment, LlPlaylist};
 use weir_media::profile::Profile;
+use weir_protocol::ids::{is_plain_id, plain_id_rule, MAX_ID_LEN};
 
 use crate::config::GatewayConfig;
 pub use crate::config::LiveConfig;
@@ -296,15 +297,6 @@ struct AuthAnswer {
     profiles: Option<serde_json::Value>,
 }
 
-/// A stream id is a path segment in every playlist URL: keep it tame.
-fn valid_stream_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 impl Live {
     /// Ask the auth webhook (if any) about stream `key` published at `url`: the stream id and
     /// ladder to use, or why not.
@@ -315,9 +307,10 @@ impl Live {
     ) -> Result<(String, Vec<Profile>), String> {
         let config = &self.config;
         let Some(hook) = &config.auth_webhook_url else {
-            if !valid_stream_id(key) {
+            if !is_plain_id(key, MAX_ID_LEN) {
                 return Err(format!(
-                    "stream key `{key}` is not a valid stream id (1-128 of A-Z a-z 0-9 - _)"
+                    "stream key `{key}` is not a valid stream id ({})",
+                    plain_id_rule(MAX_ID_LEN)
                 ));
             }
             return Ok((key.to_owned(), config.profiles.clone()));
@@ -347,7 +340,7 @@ impl Live {
             serde_json::from_slice(&body).map_err(|e| format!("auth webhook answer: {e}"))?
         };
         let id = answer.manifest_id.unwrap_or_else(|| key.to_owned());
-        if !valid_stream_id(&id) {
+        if !is_plain_id(&id, MAX_ID_LEN) {
             return Err(format!("auth webhook named an invalid stream id `{id}`"));
         }
         let profiles = if let Some(p) = answer.profiles {

@@ -11,7 +11,7 @@ use weir_media::wire::{
     self, ladder_pixels, CAPABILITY, DURATION_HEADER, MODEL, PROFILES_HEADER, SEGMENT_HEADER,
 };
 use weir_protocol::AiHttpError;
-use weir_runtime::{JobRequest, OutputSize, Param, ParamValue};
+use weir_runtime::{JobRequest, OutputSize};
 
 use super::Live;
 use crate::dispatch::{err, Answer, Call, Choice, Dispatched};
@@ -28,30 +28,11 @@ impl Live {
     ) -> Result<Vec<Rendition>, AiHttpError> {
         let units = ladder_pixels(profiles, duration_ms);
         let request_id = format!("{stream}/{seq}");
-        let job = JobRequest {
-            id: request_id.clone(),
-            capability: CAPABILITY.to_owned(),
-            model: MODEL.to_owned(),
-            params: vec![Param {
-                name: "stream".to_owned(),
-                value: ParamValue::Text(stream.to_owned()),
-            }],
-            output: OutputSize {
-                width: profiles.iter().map(|p| p.width).max().unwrap_or(0),
-                height: profiles.iter().map(|p| p.height).max().unwrap_or(0),
-                frames: profiles
-                    .iter()
-                    .map(|p| {
-                        (duration_ms * u64::from(p.fps))
-                            .div_ceil(1000 * u64::from(p.fps_den.max(1)))
-                    })
-                    .max()
-                    .unwrap_or(0) as u32,
-                count: profiles.len() as u32,
-            },
-            units,
-            sender: self.dispatcher.payments().sender(),
-        };
+        let size = weir_media::wire::ladder_size(profiles, duration_ms);
+        let output = OutputSize::new(size.width, size.height, size.frames, size.count);
+        let sender = self.dispatcher.payments().sender();
+        let job = JobRequest::priced(CAPABILITY, MODEL, output, units, &sender)
+            .with(&request_id, &[("stream", stream)]);
         let ladder = serde_json::to_string(profiles).map_err(|e| err(500, e.to_string()))?;
         let dispatcher = &self.dispatcher;
         let queue = dispatcher

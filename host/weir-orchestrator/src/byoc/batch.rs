@@ -11,7 +11,7 @@ use base64::Engine as _;
 use weir_protocol::byoc::{JobRequest, BYOC_MODEL, JOB_HEADER, LIVEPEER_BALANCE_HEADER};
 use weir_protocol::info::{BALANCE_HEADER, CHARGE_HEADER};
 use weir_protocol::AiHttpError;
-use weir_runtime::{Param, ParamValue, WorldKind};
+use weir_runtime::{ParamValue, WorldKind};
 
 use super::events::{events_body, JobDebits};
 use super::{Backend, Offered};
@@ -300,23 +300,14 @@ async fn run_pipeline(
         .registry()
         .get_world(component, WorldKind::Pipeline)
         .map_err(|e| err(503, format!("pipeline component `{component}`: {e}")))?;
-    let request = weir_runtime::JobRequest {
-        id: job.id.clone(),
-        capability: job.capability.clone(),
-        model: BYOC_MODEL.to_owned(),
-        params: vec![Param {
-            name: "request".to_owned(),
-            value: ParamValue::Text(job.request.clone()),
-        }],
-        output: weir_runtime::OutputSize {
-            width: 0,
-            height: 0,
-            frames: 0,
-            count: 1,
-        },
-        units: job.timeout_seconds,
-        sender: String::new(),
-    };
+    let request = weir_runtime::JobRequest::priced(
+        &job.capability,
+        BYOC_MODEL,
+        weir_runtime::OutputSize::NONE,
+        job.timeout_seconds,
+        "",
+    )
+    .with(&job.id, &[("request", &job.request)]);
     let input = weir_runtime::media::Blob {
         content_type: content_type.to_owned(),
         data: body.to_vec().into(),

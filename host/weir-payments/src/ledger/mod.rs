@@ -16,6 +16,7 @@
 mod postgres;
 mod sql;
 mod sqlite;
+mod tx;
 
 #[cfg(test)]
 mod contract;
@@ -58,8 +59,11 @@ pub enum LedgerError {
         /// `sqlite` or `postgres`.
         backend: &'static str,
         /// The cause.
-        source: sqlx::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A row held a value of an unexpected type (a schema the ledger does not know).
+    #[error("ledger row: column {0} holds an unexpected value")]
+    Column(usize),
     /// The task that began a transaction failed (the runtime is shutting down).
     #[error("ledger task ({backend}): {reason}")]
     Task {
@@ -315,9 +319,6 @@ fn to_i64(amount: u64) -> Result<i64, LedgerError> {
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
-
-/// Commit-or-rollback outcome of a reservation: the reservation, or the balance that was short.
-type Outcome = Result<Reservation, u64>;
 
 fn insufficient(sender: &str, capability: &str, balance: u64, needed: u64) -> LedgerError {
     LedgerError::Insufficient {

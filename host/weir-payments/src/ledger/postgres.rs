@@ -9,8 +9,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row as _, ValueRef as _};
+
+use super::tx::{Arg, Backend, Op, Row, Tx, Value};
+use super::LedgerError;
 
 /// The ledger in a PostgreSQL schema.
 #[derive(Debug, Clone)]
@@ -44,14 +47,14 @@ impl PostgresLedger {
                 "PostgreSQL schema `{schema}` must be lowercase letters, digits and `_`"
             )));
         }
-        let options = PgConnectOptions::from_str(url).map_err(Self::err)?;
+        let options = PgConnectOptions::from_str(url).map_err(err)?;
         create_schema(&options, schema).await?;
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.options([("search_path", schema)]))
             .await
-            .map_err(Self::err)?;
+            .map_err(err)?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
@@ -77,26 +80,11 @@ impl PostgresLedger {
         owner.clone_into(&mut self.owner);
         self
     }
-
-    /// A transaction, begun on a task of its own so that a caller dropped during the `BEGIN`
-    /// never leaves a pooled connection inside a transaction nobody owns (see the SQLite
-    /// backend).
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, LedgerError> {
-        let pool = self.pool.clone();
-        tokio::spawn(async move { pool.begin().await })
-            .await
-            .map_err(|e| LedgerError::Task {
-                backend: "postgres",
-                reason: e.to_string(),
-            })?
-            .map_err(Self::err)
-    }
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS`, under a transaction-scoped advisory lock: two processes
 /// racing to create the same schema would otherwise fail on a unique index.
 async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), LedgerError> {
-    let err = PostgresLedger::err;
     let mut conn = sqlx::PgConnection::connect_with(options)
         .await
         .map_err(err)?;
@@ -113,7 +101,98 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), L
     conn.close().await.map_err(err)
 }
 
-super::sql::sql_ledger!(PostgresLedger, sqlx::Postgres, "postgres", " FOR UPDATE");
+fn err(source: sqlx::Error) -> LedgerError {
+    LedgerError::Database {
+        backend: "postgres",
+        source: Box::new(source),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresLedger {
+    const NAME: &'static str = "postgres";
+
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    async fn run<R: Send + 'static>(&self, write: bool, op: Op<R>) -> Result<R, LedgerError> {
+        if !write {
+            let mut conn = self.pool.acquire().await.map_err(err)?;
+            return op(&mut PgTx(&mut conn)).await;
+        }
+        // Begun on a task of its own, so that a caller dropped during the `BEGIN` never leaves
+        // a pooled connection inside a transaction nobody owns. A `Transaction` dropped
+        // unfinished (its caller went away) is rolled back.
+        let pool = self.pool.clone();
+        let mut tx = tokio::spawn(async move { pool.begin().await })
+            .await
+            .map_err(|e| LedgerError::Task {
+                backend: "postgres",
+                reason: e.to_string(),
+            })?
+            .map_err(err)?;
+        match op(&mut PgTx(&mut tx)).await {
+            Ok(value) => {
+                tx.commit().await.map_err(err)?;
+                Ok(value)
+            }
+            Err(e) => {
+                tx.rollback().await.map_err(err)?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Statements on one connection (inside a transaction when the operation writes).
+struct PgTx<'c>(&'c mut PgConnection);
+
+/// `sql` with `args` bound in order.
+fn bound<'q>(sql: &'static str, args: &[Arg<'q>]) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    args.iter().fold(sqlx::query(sql), |q, arg| match *arg {
+        Arg::Text(s) => q.bind(s),
+        Arg::Int(n) => q.bind(n),
+    })
+}
+
+/// A result row as values: every ledger column is `BIGINT` or `TEXT`.
+fn values(row: &PgRow) -> Result<Row, LedgerError> {
+    let mut values = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        let value = if row.try_get_raw(i).map_err(err)?.is_null() {
+            Value::Null
+        } else if let Ok(n) = row.try_get::<i64, _>(i) {
+            Value::Int(n)
+        } else if let Ok(n) = row.try_get::<i32, _>(i) {
+            Value::Int(i64::from(n))
+        } else {
+            Value::Text(row.try_get::<String, _>(i).map_err(err)?)
+        };
+        values.push(value);
+    }
+    Ok(Row(values))
+}
+
+#[async_trait::async_trait]
+impl Tx for PgTx<'_> {
+    fn locks_rows(&self) -> bool {
+        true
+    }
+
+    async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, LedgerError> {
+        let done = bound(sql, args).execute(&mut *self.0).await.map_err(err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn rows(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<Row>, LedgerError> {
+        let rows = bound(sql, args)
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(err)?;
+        rows.iter().map(values).collect()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -116,27 +116,6 @@ impl StreamTable {
     }
 }
 
-fn valid_stream_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn json_response(body: impl Serialize) -> Response {
     Json(body).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids_are_checked() {
-        assert!(valid_stream_id("abc-123_X"));
-        assert!(!valid_stream_id(""));
-        assert!(!valid_stream_id("a/b"));
-        assert!(!valid_stream_id(&"x".repeat(65)));
-    }
 }

@@ -24,7 +24,7 @@ use weir_runtime::PipelineStream;
 use super::owner::Owner;
 use super::pipeline::start_pipeline;
 use super::worker::{start_worker, stop_worker};
-use super::{json_response, valid_stream_id, Channels, Live, StreamStatus};
+use super::{json_response, Channels, Live, StreamStatus};
 use crate::byoc::{Backend, Offered};
 use crate::handler::err;
 use crate::paid::Payer;
@@ -157,16 +157,8 @@ async fn open(
     let capability = asked.capability.as_str();
     let offered = o.byoc().get(capability)?;
     let payer = Payer::for_account(payment, capability, BYOC_MODEL, "stream")?;
-    let stream_id = if asked.stream_id.is_empty() {
-        format!("{:016x}", rand::random::<u64>())
-    } else if valid_stream_id(&asked.stream_id) {
-        asked.stream_id.clone()
-    } else {
-        return Err(err(
-            400,
-            "stream_id must be 1 to 64 of A-Z, a-z, 0-9, `-`, `_`",
-        ));
-    };
+    let stream_id =
+        weir_protocol::ids::stream_id_or_new(&asked.stream_id).map_err(|e| err(400, e))?;
     let config = o.byoc().config();
     if o.streams().len() >= config.max_streams {
         return Err(err(
