@@ -363,20 +363,29 @@ fn curl_push(
     let body = dir.path().join("body");
     let headers = dir.path().join("headers");
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-X", "POST", "--data-binary"])
-        .arg(format!("@{}", file.display()))
-        .args(["-H", &format!("Authorization: Bearer {CLIENT_TOKEN}")])
-        .args([
-            "-H",
-            "Content-Duration: 2000",
-            "-H",
-            "Content-Type: video/mp2t",
-        ])
-        .arg("-o")
-        .arg(&body)
-        .arg("-D")
-        .arg(&headers)
-        .args(["-w", "%{http_code}"]);
+    // Over 1 MiB curl asks `Expect: 100-continue`; it waits for the answer instead of sending
+    // the body after a second (a refused body must be refused before it is sent).
+    cmd.args([
+        "-sS",
+        "--expect100-timeout",
+        "60",
+        "-X",
+        "POST",
+        "--data-binary",
+    ])
+    .arg(format!("@{}", file.display()))
+    .args(["-H", &format!("Authorization: Bearer {CLIENT_TOKEN}")])
+    .args([
+        "-H",
+        "Content-Duration: 2000",
+        "-H",
+        "Content-Type: video/mp2t",
+    ])
+    .arg("-o")
+    .arg(&body)
+    .arg("-D")
+    .arg(&headers)
+    .args(["-w", "%{http_code}"]);
     if accept_parts {
         cmd.args(["-H", "Accept: multipart/mixed"]);
     }

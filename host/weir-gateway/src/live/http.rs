@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use weir_media::transcode::Rendition;
 use weir_media::wire::{self, DURATION_HEADER};
@@ -42,7 +43,7 @@ async fn push(
     State(live): State<Arc<Live>>,
     UrlPath((stream_key, file)): UrlPath<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Response {
     match push_segment(&live, &stream_key, &file, &headers, body).await {
         Ok(r) => r,
@@ -57,10 +58,10 @@ async fn push_segment(
     stream_key: &str,
     file: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Body,
 ) -> Result<Response, AiHttpError> {
     let seq = segment_number(file)?;
-    let body = checked_body(body, live.config.max_push_bytes)?;
+    let body = read_pushed(body, headers, live.config.max_push_bytes).await?;
     let declared_ms = declared_duration(headers)?;
     let probed_ms = probe_pushed(&body).await?;
     let duration_ms = declared_ms.unwrap_or(probed_ms).max(1);
@@ -103,19 +104,31 @@ fn segment_number(file: &str) -> Result<u64, AiHttpError> {
         .map_err(|_| err(400, format!("`{file}`: the segment number is not a number")))
 }
 
-/// The pushed body: read, not empty and within `max` bytes.
-fn checked_body(
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-    max: usize,
-) -> Result<Bytes, AiHttpError> {
-    let body = body.map_err(AiHttpError::from)?;
-    if body.is_empty() {
+/// The pushed body, not empty and within `max` bytes. A body whose declared length is over
+/// `max` is refused before any of it is read, so a client that sent `Expect: 100-continue`
+/// gets its 413 without sending the body (and never a connection reset mid-upload).
+async fn read_pushed(body: Body, headers: &HeaderMap, max: usize) -> Result<Bytes, AiHttpError> {
+    let too_large = || err(413, format!("segment larger than {max} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let mut data = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| err(400, format!("reading the segment: {e}")))?;
+        if data.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    if data.is_empty() {
         return Err(err(400, "empty segment"));
     }
-    if body.len() > max {
-        return Err(err(413, format!("segment larger than {max} bytes")));
-    }
-    Ok(body)
+    Ok(Bytes::from(data))
 }
 
 /// Livepeer's `Content-Duration` header, when sent (1 ms to 5 minutes).
