@@ -17,6 +17,7 @@ use weir_jobs::webhook::Outcome;
 use super::{rfc3339, Jobs};
 use crate::dispatch::message_of;
 use crate::seams::Served;
+use crate::storage::put_result;
 
 use super::http::status_body;
 
@@ -334,13 +335,10 @@ impl Jobs {
                 &json!({"text": text, "chunks": body.get("chunks").cloned().unwrap_or(json!([]))}),
             )
             .map_err(|e| RunError::Permanent(e.to_string()))?;
-            let key = format!("results/{:032x}.json", rand::random::<u128>());
-            let data = Bytes::from(data);
-            self.storage
-                .put(&key, "application/json", data.clone())
+            let stored = put_result(&self.storage, "application/json", Bytes::from(data))
                 .await
                 .map_err(|e| RunError::Transient(format!("storing the result: {e}")))?;
-            (key, "application/json".to_owned(), data)
+            (stored.key, stored.content_type, stored.data)
         } else {
             let stored = served.results.first().ok_or_else(|| shape("image"))?;
             (
