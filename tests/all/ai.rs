@@ -201,7 +201,15 @@ pub(crate) struct RunnerState {
     pub(crate) served: AtomicUsize,
     /// `/text-to-image` requests received (counted before the delay is read).
     pub(crate) started: AtomicUsize,
+    /// `/audio-to-text` requests received: each one's text fields and audio bytes.
+    pub(crate) transcribed: parking_lot::Mutex<Vec<Heard>>,
 }
+
+/// One `/audio-to-text` request as the runner test server read it: its text fields and audio.
+pub(crate) type Heard = (std::collections::BTreeMap<String, String>, Vec<u8>);
+
+/// What the runner test server says every audio says.
+pub(crate) const TRANSCRIPT: &str = "hello from the runner";
 
 /// A runner speaking Livepeer's AI runner API for `/text-to-image`: it answers one image per
 /// requested image (a real PNG as a data URL) with the request's seed.
@@ -212,8 +220,33 @@ pub(crate) fn runner_server(state: Arc<RunnerState>) -> TestServer {
         base64::engine::general_purpose::STANDARD.encode(png)
     );
     let s = state.clone();
+    let heard = state.clone();
     let router = axum::Router::new()
         .route("/health", get(|| async { Json(json!({"status": "OK"})) }))
+        .route(
+            "/audio-to-text",
+            post(move |mut form: axum::extract::Multipart| {
+                let heard = heard.clone();
+                async move {
+                    let mut fields = std::collections::BTreeMap::new();
+                    let mut audio = Vec::new();
+                    while let Ok(Some(part)) = form.next_field().await {
+                        let name = part.name().unwrap_or_default().to_owned();
+                        let data = part.bytes().await.expect("part");
+                        if name == "audio" {
+                            audio = data.to_vec();
+                        } else {
+                            fields.insert(name, String::from_utf8_lossy(&data).into_owned());
+                        }
+                    }
+                    heard.transcribed.lock().push((fields, audio));
+                    Json(json!({
+                        "text": TRANSCRIPT,
+                        "chunks": [{"timestamp": [0.0, 1.5], "text": TRANSCRIPT}]
+                    }))
+                }
+            }),
+        )
         .route(
             "/llm",
             post(|Json(body): Json<Value>| async move {

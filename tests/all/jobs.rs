@@ -15,7 +15,7 @@ use weir_jobs::webhook::{verify, WebhookSecret};
 
 use crate::ai::{
     gateway, http_orchestrator, png_size, runner_server, upscale_orchestrator, wait_discovered,
-    RunnerState, TestServer, CLIENT_TOKEN, T2I_MODEL, UPSCALE_MODEL,
+    RunnerState, TestServer, CLIENT_TOKEN, T2I_MODEL, TRANSCRIPT, UPSCALE_MODEL,
 };
 use crate::support::{artifact, client, eventually, Weir};
 
@@ -278,6 +278,102 @@ fn an_upscale_job_completes_with_a_result_url_and_a_signed_webhook() {
         .send()
         .expect("get");
     assert_eq!(other.status().as_u16(), 401);
+}
+
+/// A mono 16 kHz PCM WAV of `millis` of silence.
+fn wav(millis: u32) -> Vec<u8> {
+    let bytes = millis * 32;
+    let mut wav = b"RIFF".to_vec();
+    wav.extend_from_slice(&(36 + bytes).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&[1, 0, 1, 0]);
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes());
+    wav.extend_from_slice(&[2, 0, 16, 0]);
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&bytes.to_le_bytes());
+    wav.resize(wav.len() + bytes as usize, 0);
+    wav
+}
+
+#[test]
+fn an_audio_to_text_job_sends_the_audio_and_stores_the_transcript() {
+    const STT_MODEL: &str = "test/stt";
+    let state = Arc::new(RunnerState::default());
+    let runner = runner_server(state.clone());
+    let orch = Weir::start(
+        "orchestrator",
+        &format!(
+            "[orchestrator]\nhealth_secs = 1\n[[orchestrator.models]]\npipeline = \"audio-to-text\"\nmodel_id = \"{STT_MODEL}\"\nrunner = \"http\"\nurl = \"{}\"\ncapacity = 2\n",
+            runner.url
+        ),
+        &[],
+    );
+    let speech = wav(1500);
+    let served = speech.clone();
+    let audio = TestServer::start(axum::Router::new().route(
+        "/speech.wav",
+        get(move || {
+            let wav = served.clone();
+            async move { ([("content-type", "audio/wav")], wav) }
+        }),
+    ));
+    let gw = gateway(
+        &[&orch.url],
+        &format!(
+            "{}[[gateway.jobs.models]]\nid = \"stt\"\ncapability = \"audio-to-text\"\nmodel_id = \"{STT_MODEL}\"\n",
+            jobs_section("")
+        ),
+    );
+    wait_discovered(&gw, 1);
+
+    let (status, _, body) = submit(
+        &gw,
+        &json!({"model": "stt", "audioUrl": format!("{}/speech.wav", audio.url), "language": "fr"}),
+        &[],
+    );
+    assert_eq!(status, 202, "{body}");
+    let id = body["jobId"].as_str().expect("jobId").to_owned();
+    let done = wait_final(&gw, &id, Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    let result = &done["result"];
+    assert_eq!(result["text"], TRANSCRIPT, "{done}");
+    assert_eq!(result["contentType"], "application/json");
+    assert!(
+        done["billing"]["charge"].as_u64().is_some_and(|c| c > 0),
+        "{done}"
+    );
+
+    // The runner heard the job's audio, byte for byte, for the job's model.
+    let heard = state.transcribed.lock().clone();
+    assert_eq!(heard.len(), 1, "one run reached the runner");
+    let (fields, bytes) = &heard[0];
+    assert_eq!(fields.get("model_id").map(String::as_str), Some(STT_MODEL));
+    let metadata: Value = serde_json::from_str(fields.get("metadata").expect("metadata"))
+        .expect("metadata is a JSON object string");
+    assert_eq!(
+        metadata["language"], "fr",
+        "the job's language reaches the runner"
+    );
+    assert!(
+        *bytes == speech,
+        "the audio changed on its way ({} bytes)",
+        bytes.len()
+    );
+
+    // The stored transcript is served at the result's URL, text and chunks.
+    let url = result["url"].as_str().expect("url");
+    let stored = client().get(url).send().expect("result");
+    assert_eq!(stored.status().as_u16(), 200);
+    let stored = stored.bytes().expect("bytes");
+    assert_eq!(
+        stored.len() as u64,
+        result["fileSizeBytes"].as_u64().expect("size")
+    );
+    let stored: Value = serde_json::from_slice(&stored).expect("a JSON transcript");
+    assert_eq!(stored["text"], TRANSCRIPT);
+    assert_eq!(stored["chunks"][0]["text"], TRANSCRIPT);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use axum::Router;
 use base64::Engine as _;
 use prometheus::{IntCounterVec, Opts};
 use weir_protocol::ai::{AudioResponse, ImageResponse, LlmChoice, LlmResponse};
-use weir_protocol::body::{parse_request, ParsedRequest};
+use weir_protocol::body::{parse_request, ParsedRequest, WireBody};
 use weir_protocol::info::{CHARGE_HEADER, MODEL_HEADER};
 use weir_protocol::{AiHttpError, Capability};
 use weir_storage::Storage;
@@ -42,8 +42,7 @@ pub(crate) struct Ai {
 struct AiCall<'a> {
     ai: &'a Ai,
     parsed: &'a ParsedRequest,
-    content_type: &'a str,
-    body: &'a Bytes,
+    wire: &'a WireBody,
     units: u64,
     timeout: Duration,
 }
@@ -67,9 +66,9 @@ impl Call for AiCall<'_> {
     fn request(&self, client: &reqwest::Client, choice: &Choice) -> reqwest::RequestBuilder {
         client
             .post(format!("{}/{}", choice.url, self.capability()))
-            .header(header::CONTENT_TYPE, self.content_type)
+            .header(header::CONTENT_TYPE, &self.wire.content_type)
             .header(MODEL_HEADER, &choice.model)
-            .body(self.body.clone())
+            .body(self.wire.data.clone())
     }
 
     async fn accept(&self, answer: Answer) -> Result<Self::Output, String> {
@@ -131,7 +130,24 @@ impl Ai {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let served = self.serve_ai(capability, &content_type, body).await?;
+        let parsed = parse_request(
+            capability,
+            Some(&content_type),
+            body.clone(),
+            self.config.max_file_bytes,
+        )
+        .await?;
+        // The client's own body travels on, unless it asked for a stream: orchestrators answer
+        // whole LLM responses and the gateway streams them as events.
+        let wire = if is_stream(&parsed) {
+            None
+        } else {
+            Some(WireBody {
+                content_type,
+                data: body,
+            })
+        };
+        let served = self.serve_ai(parsed, wire).await?;
         let mut response = if served.stream {
             sse(served.body)?
         } else {
@@ -145,38 +161,32 @@ impl Ai {
         Ok(response)
     }
 
-    /// Serve one AI request: validate it, choose orchestrators, pay and retry until one answers;
-    /// media in the answer are stored and their URLs rewritten to the gateway's own.
+    /// Serve one validated AI request (sent as `wire`, or as written from the request when
+    /// that is `None`): choose orchestrators, pay and retry until one answers; media in the
+    /// answer are stored and their URLs rewritten to the gateway's own.
     async fn serve_ai(
         &self,
-        capability: Capability,
-        content_type: &str,
-        body: Bytes,
+        parsed: ParsedRequest,
+        wire: Option<WireBody>,
     ) -> Result<Served, AiHttpError> {
         let config = &self.config;
         let dispatcher = &self.dispatcher;
-        let parsed = parse_request(
-            capability,
-            Some(content_type),
-            body.clone(),
-            config.max_file_bytes,
-        )
-        .await?;
+        let capability = parsed.request.capability();
         let units = parsed
             .request
             .units(parsed.facts)
             .map_err(|e| err(400, e))?;
         let request_id = format!("req-{:016x}", rand::random::<u64>());
-
-        // Orchestrators answer whole LLM responses; the gateway streams them as events.
-        let stream = matches!(&parsed.request, weir_protocol::ai::AiRequest::Llm(l) if l.stream);
-        let body = if stream {
-            let mut v: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| err(400, e.to_string()))?;
-            v["stream"] = serde_json::Value::Bool(false);
-            Bytes::from(serde_json::to_vec(&v).map_err(|e| err(500, e.to_string()))?)
-        } else {
-            body
+        let stream = is_stream(&parsed);
+        let wire = match wire {
+            Some(wire) => wire,
+            None => {
+                let mut sent = parsed.clone();
+                if let weir_protocol::ai::AiRequest::Llm(l) = &mut sent.request {
+                    l.stream = false;
+                }
+                sent.to_wire().map_err(|e| err(500, e.to_string()))?
+            }
         };
 
         let job = weir_runtime::jobs::job_request(
@@ -194,8 +204,7 @@ impl Ai {
         let call = AiCall {
             ai: self,
             parsed: &parsed,
-            content_type,
-            body: &body,
+            wire: &wire,
             units,
             timeout: config.attempt_timeout,
         };
@@ -204,6 +213,7 @@ impl Ai {
             output: (output, results),
             charge,
             attempts,
+            ..
         } = dispatcher.run(&request_id, queue, &call).await?;
         tracing::info!(request = %request_id, %capability, model = %choice.model, orchestrator = %choice.url, units, charge, attempts, warm = choice.warm, "request served");
         Ok(Served {
@@ -346,16 +356,16 @@ fn sse(body: serde_json::Value) -> Result<Response, AiHttpError> {
         .into_response())
 }
 
-/// The jobs worker runs its requests as a client would send them.
+/// The jobs worker runs its typed requests, written to the wire once here.
 impl AiRequests for Ai {
-    fn serve(
-        &self,
-        capability: Capability,
-        content_type: String,
-        body: Bytes,
-    ) -> BoxFut<'_, Result<Served, AiHttpError>> {
-        Box::pin(async move { self.serve_ai(capability, &content_type, body).await })
+    fn serve(&self, request: ParsedRequest) -> BoxFut<'_, Result<Served, AiHttpError>> {
+        Box::pin(async move { self.serve_ai(request, None).await })
     }
+}
+
+/// Whether the client asked for the answer as server-sent events.
+fn is_stream(parsed: &ParsedRequest) -> bool {
+    matches!(&parsed.request, weir_protocol::ai::AiRequest::Llm(l) if l.stream)
 }
 
 /// `POST /{capability}`.

@@ -177,6 +177,7 @@ fn respond(cap: &str, route: &str, dispatched: Dispatched<Reply>) -> Response {
         output: reply,
         charge,
         attempts: tried,
+        ..
     } = dispatched;
     let (mut response, content_type, balance) = match reply {
         Reply::Whole(answer) => {

@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use weir_protocol::{AiHttpError, Capability};
+use weir_protocol::body::ParsedRequest;
+use weir_protocol::AiHttpError;
 
 use crate::storage::StoredResult;
 
@@ -32,14 +33,8 @@ pub(crate) struct Served {
 
 /// The AI API as other features (the jobs worker) run requests through it.
 pub(crate) trait AiRequests: Send + Sync {
-    /// Serve one AI request of `capability` (the body as a client would send it): validated,
-    /// dispatched, paid, its media stored.
-    fn serve(
-        &self,
-        capability: Capability,
-        content_type: String,
-        body: Bytes,
-    ) -> BoxFut<'_, Result<Served, AiHttpError>>;
+    /// Serve one validated AI request: dispatched, paid, its media stored.
+    fn serve(&self, request: ParsedRequest) -> BoxFut<'_, Result<Served, AiHttpError>>;
 }
 
 /// Live video's HLS output, where live AI streams show what their orchestrator sends back.

@@ -1,32 +1,70 @@
 //! One live AI stream's session on an orchestrator: starting it there, reading its channels,
 //! paying ahead per interval, relaying updates, and moving it when the orchestrator fails.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::http::header;
 use tokio::sync::{mpsc, oneshot};
 use weir_protocol::byoc::{JobRequest, StreamChannels, BYOC_MODEL, JOB_HEADER, STREAM_ID_HEADER};
 use weir_protocol::info::{BALANCE_HEADER, PAYMENT_HEADER};
 use weir_protocol::AiHttpError;
 use weir_trickle::Publisher;
 
-use crate::dispatch::{err, error_message, read_capped, Choice};
-use crate::payments::Pending;
+use crate::dispatch::{err, error_message, read_capped, Answer, Call, Choice, Dispatched};
 
 use super::data::relay_data;
 use super::readers::{relay_events, relay_output, SessionEnds};
 use super::{price_per_ms, Command, Owner, Session};
 
-/// Why the stream did not start on one orchestrator.
-enum StartFailure {
-    /// The stream cannot start anywhere (the orchestrator refused the stream itself, or the
-    /// ledger failed): answer the client with this.
-    Final(AiHttpError),
-    /// The orchestrator could not be reached: leave it out for a while, try the next.
-    Unreachable(String),
-    /// It did not start the stream: try the next.
-    Failed(String),
+/// A stream's start as the dispatcher sends it: the start request with the stream's job
+/// and params, paid `units` seconds ahead. Nothing is charged at the start: the payment stays
+/// as the stream's balance there, debited as it runs.
+struct StartCall<'a> {
+    job: &'a JobRequest,
+    /// `{stream_id, params}`.
+    body: Bytes,
+    units: u64,
+    timeout: Duration,
+}
+
+impl Call for StartCall<'_> {
+    type Output = StreamChannels;
+
+    fn capability(&self) -> &str {
+        &self.job.capability
+    }
+
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn request(&self, client: &reqwest::Client, choice: &Choice) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/ai/stream/start", choice.url))
+            .header(JOB_HEADER, self.job.to_header())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(self.body.clone())
+    }
+
+    fn charge(&self, _reported: Option<u64>) -> Option<u64> {
+        Some(0)
+    }
+
+    async fn accept(&self, answer: Answer) -> Result<StreamChannels, String> {
+        let channels: StreamChannels = serde_json::from_slice(&answer.body)
+            .map_err(|e| format!("unreadable stream answer: {e}"))?;
+        if channels.publish_url.is_empty() || channels.control_url.is_empty() {
+            return Err("the stream answer names no publish or control channel".to_owned());
+        }
+        Ok(channels)
+    }
 }
 
 impl Owner {
@@ -34,38 +72,41 @@ impl Owner {
         weir_payments::credit::account(&self.job.capability, BYOC_MODEL)
     }
 
-    /// Start the stream on the best orchestrator not yet tried.
+    /// Start the stream on the best orchestrator not yet tried, through the dispatcher
+    /// (pay ahead, send, retry the next one).
     pub(super) async fn start_session(&mut self) -> Result<Session, AiHttpError> {
         let mut job = self.job.clone();
-        job.sender = self.streams.dispatcher.payments().sender();
-        let untried = self.untried(&job).await?;
-        let mut failures = Vec::new();
-        for choice in untried {
-            match self.start_on(&job, &choice).await {
-                Ok((channels, paid)) => return Ok(self.new_session(choice, channels, paid)),
-                Err(StartFailure::Final(e)) => return Err(e),
-                Err(StartFailure::Unreachable(why) | StartFailure::Failed(why)) => {
-                    failures.push(format!("{}: {why}", choice.url));
-                    self.tried.push(choice.url);
-                }
-            }
+        let dispatcher = &self.streams.dispatcher;
+        job.sender = dispatcher.payments().sender();
+        let config = self.streams.streams_config();
+        let queue = self.untried(&job).await?;
+        if queue.is_empty() {
+            return Err(err(
+                503,
+                "no orchestrator started the stream: every one offering it failed this stream before",
+            ));
         }
-        Err(err(
-            503,
-            format!(
-                "no orchestrator started the stream: {}",
-                if failures.is_empty() {
-                    "every one offering it failed this stream before".to_owned()
-                } else {
-                    failures.join("; ")
-                }
-            ),
-        ))
+        let body =
+            serde_json::to_vec(&serde_json::json!({"stream_id": self.id, "params": self.params}))
+                .map_err(|e| err(500, e.to_string()))?;
+        let call = StartCall {
+            job: &job,
+            body: Bytes::from(body),
+            units: config.pay_ahead_secs,
+            timeout: Duration::from_secs(config.start_timeout_secs.max(1)),
+        };
+        let Dispatched {
+            choice,
+            output: channels,
+            paid,
+            ..
+        } = dispatcher.run(&self.id, queue, &call).await?;
+        Ok(self.new_session(choice, channels, paid))
     }
 
     /// The orchestrators offering `job`'s capability, best first, leaving out those that
     /// failed this stream.
-    async fn untried(&self, job: &JobRequest) -> Result<Vec<Choice>, AiHttpError> {
+    async fn untried(&self, job: &JobRequest) -> Result<VecDeque<Choice>, AiHttpError> {
         let pay_ahead = self.streams.streams_config().pay_ahead_secs;
         let queue = self
             .streams
@@ -76,90 +117,6 @@ impl Owner {
             .into_iter()
             .filter(|c| !self.tried.contains(&c.url))
             .collect())
-    }
-
-    /// Pay ahead and start the stream on `choice`: its channels and what was paid, the
-    /// payment settled; on failure the payment is taken back.
-    async fn start_on(
-        &self,
-        job: &JobRequest,
-        choice: &Choice,
-    ) -> Result<(StreamChannels, u64), StartFailure> {
-        let dispatcher = &self.streams.dispatcher;
-        let pending = dispatcher
-            .payments()
-            .prepare(
-                &choice.url,
-                &job.capability,
-                BYOC_MODEL,
-                self.streams.streams_config().pay_ahead_secs,
-                choice.price,
-            )
-            .await
-            .map_err(|e| StartFailure::Final(err(500, format!("gateway ledger: {e}"))))?;
-        let (channels, balance) = match self.send_start(job, choice, &pending).await {
-            Ok(started) => started,
-            Err(failure) => {
-                dispatcher.payments().abandon(&pending).await;
-                if let StartFailure::Unreachable(why) = &failure {
-                    dispatcher.suspend(&choice.url, why);
-                }
-                return Err(failure);
-            }
-        };
-        if let Err(e) = dispatcher
-            .payments()
-            .settle(&pending, Some(0), balance)
-            .await
-        {
-            tracing::error!(stream = %self.id, error = %e, "could not record the stream payment");
-        }
-        Ok((channels, pending.topup))
-    }
-
-    /// Send the start with `pending`'s payment to `choice`: the stream's channels there and
-    /// the balance it reported.
-    async fn send_start(
-        &self,
-        job: &JobRequest,
-        choice: &Choice,
-        pending: &Pending,
-    ) -> Result<(StreamChannels, Option<u64>), StartFailure> {
-        let timeout = self.streams.streams_config().start_timeout_secs.max(1);
-        let response = self
-            .streams
-            .dispatcher
-            .client()
-            .post(format!("{}/ai/stream/start", choice.url))
-            .header(PAYMENT_HEADER, pending.header.as_str())
-            .header(JOB_HEADER, job.to_header())
-            .timeout(Duration::from_secs(timeout))
-            .json(&serde_json::json!({"stream_id": self.id, "params": self.params}))
-            .send()
-            .await
-            .map_err(|e| StartFailure::Unreachable(e.to_string()))?;
-        let status = response.status();
-        let balance = response
-            .headers()
-            .get(BALANCE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body = read_capped(response).await;
-        if !status.is_success() {
-            let message = error_message(body.ok(), status);
-            if matches!(status.as_u16(), 400 | 422) {
-                let why = format!("orchestrator {} refused the stream: {message}", choice.url);
-                return Err(StartFailure::Final(err(status.as_u16(), why)));
-            }
-            return Err(StartFailure::Failed(format!("{status}: {message}")));
-        }
-        let channels = body
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<StreamChannels>(&b).map_err(|e| e.to_string()));
-        match channels {
-            Ok(c) if !c.publish_url.is_empty() && !c.control_url.is_empty() => Ok((c, balance)),
-            Ok(_) | Err(_) => Err(StartFailure::Failed("unreadable stream answer".to_owned())),
-        }
     }
 
     /// The stream's next session, on `choice` over `channels`, `paid` ahead.

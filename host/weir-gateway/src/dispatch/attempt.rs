@@ -72,6 +72,7 @@ impl Dispatcher {
                 Attempt::Done {
                     body: output,
                     charge: 0,
+                    paid: pending.topup,
                 }
             }
             Streaming::Whole(response) => {
@@ -157,10 +158,15 @@ impl Dispatcher {
             Ok(value) => {
                 self.discovery
                     .record(&choice.url, acct, true, started.elapsed());
-                match self.payments.settle(pending, charge, balance).await {
+                match self
+                    .payments
+                    .settle(pending, call.charge(charge), balance)
+                    .await
+                {
                     Ok(s) => Attempt::Done {
                         body: value,
                         charge: s.charge,
+                        paid: pending.topup,
                     },
                     Err(e) => Attempt::Fail(err(500, format!("gateway ledger: {e}"))),
                 }

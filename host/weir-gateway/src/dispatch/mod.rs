@@ -67,6 +67,8 @@ pub(crate) enum Attempt<T = serde_json::Value> {
         body: T,
         /// What the gateway paid.
         charge: u64,
+        /// What the attempt's payment credited (the part of the cost the balance lacked).
+        paid: u64,
     },
     /// Try the next orchestrator.
     Next(String),
@@ -117,6 +119,13 @@ pub(crate) trait Call: Sync {
         _started: Instant,
     ) -> Streaming<Self::Output> {
         Streaming::Whole(response)
+    }
+
+    /// What the gateway records as charged for an accepted answer whose orchestrator reported
+    /// `reported` (`None`: the agreed cost is recorded). By default what it reported; a call
+    /// that pays ahead (a stream start) is charged nothing, its payment left as balance.
+    fn charge(&self, reported: Option<u64>) -> Option<u64> {
+        reported
     }
 
     /// Turn a whole successful answer into the output, or refuse it with the reason (the

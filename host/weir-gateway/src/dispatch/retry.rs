@@ -18,6 +18,8 @@ pub(crate) struct Dispatched<T> {
     pub output: T,
     /// What the gateway paid.
     pub charge: u64,
+    /// What the serving attempt's payment credited there.
+    pub paid: u64,
     /// Attempts made, this one included.
     pub attempts: u32,
 }
@@ -49,11 +51,12 @@ impl Dispatcher {
                 .with_label_values(&[choice.url.as_str(), label])
                 .inc();
             match outcome {
-                Attempt::Done { body, charge } => {
+                Attempt::Done { body, charge, paid } => {
                     return Ok(Dispatched {
                         choice,
                         output: body,
                         charge,
+                        paid,
                         attempts: retries.tried,
                     });
                 }

@@ -1,10 +1,13 @@
-//! The Livepeer AI request a job runs as, built from its stored parameters and inputs: a JSON
-//! body for text-to-image, a multipart form (fields, then the input files) for the others.
+//! The AI request a job runs as, built typed from its stored parameters and inputs and
+//! validated as a client's request would be: the text-to-image body's fields, or the form's
+//! fields and input files for the others. The AI API writes it to the wire once.
 
-use axum::body::Bytes;
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 use weir_jobs::catalog::{Kind, ModelSpec};
-use weir_protocol::multipart;
+use weir_protocol::body::{ParsedRequest, UploadedFile};
+use weir_protocol::Capability;
 
 use super::worker::RunError;
 use super::Jobs;
@@ -13,44 +16,38 @@ use super::Jobs;
 const UPSCALE_PROMPT: &str = "high quality, sharp details";
 
 impl Jobs {
-    /// The content type and body of the AI request that runs a job of model `spec` (of
-    /// `kind`) with `params`.
+    /// The AI request of `capability` that runs a job of model `spec` (of `kind`) with
+    /// `params`.
     pub(super) async fn ai_request(
         &self,
+        capability: Capability,
         spec: &ModelSpec,
         kind: Kind,
         params: &Value,
-    ) -> Result<(String, Bytes), RunError> {
+    ) -> Result<ParsedRequest, RunError> {
+        let invalid = |e: weir_protocol::body::BodyError| {
+            RunError::Permanent(format!("the job makes no valid /{capability} request: {e}"))
+        };
         if kind == Kind::TextToImage {
-            let body = text_to_image_body(spec, params);
-            return Ok(("application/json".to_owned(), Bytes::from(body.to_string())));
+            return ParsedRequest::from_json(capability, &text_to_image_body(spec, params))
+                .map_err(invalid);
         }
-        let mut parts: Vec<multipart::Part> = form_fields(spec, kind, params)
+        let fields = form_fields(spec, kind, params)
             .into_iter()
-            .map(|(name, value)| multipart::Part {
-                headers: vec![(
-                    "content-disposition".to_owned(),
-                    format!("form-data; name=\"{name}\""),
-                )],
-                data: Bytes::from(value),
-            })
-            .collect();
-        parts.extend(self.input_parts(params).await?);
-        let boundary = multipart::boundary();
-        Ok((
-            format!("multipart/form-data; boundary={boundary}"),
-            multipart::write(&boundary, &parts),
-        ))
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect::<BTreeMap<_, _>>();
+        let files = self.input_files(params).await?;
+        ParsedRequest::from_fields(capability, fields, files).map_err(invalid)
     }
 
-    /// The job's stored inputs as file parts, named by their input part.
-    async fn input_parts(&self, params: &Value) -> Result<Vec<multipart::Part>, RunError> {
+    /// The job's stored inputs as uploaded files, named by their input part.
+    async fn input_files(&self, params: &Value) -> Result<Vec<UploadedFile>, RunError> {
         let inputs = params
             .get("inputs")
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let mut parts = Vec::with_capacity(inputs.len());
+        let mut files = Vec::with_capacity(inputs.len());
         for (part, key) in inputs {
             let key = key.as_str().unwrap_or_default();
             let object = self
@@ -61,18 +58,14 @@ impl Jobs {
                 .ok_or_else(|| {
                     RunError::Permanent(format!("input `{part}` is gone from storage"))
                 })?;
-            parts.push(multipart::Part {
-                headers: vec![
-                    (
-                        "content-disposition".to_owned(),
-                        format!("form-data; name=\"{part}\"; filename=\"{part}\""),
-                    ),
-                    ("content-type".to_owned(), object.content_type.clone()),
-                ],
+            files.push(UploadedFile {
+                filename: part.clone(),
+                field: part,
+                content_type: object.content_type,
                 data: object.data,
             });
         }
-        Ok(parts)
+        Ok(files)
     }
 }
 
@@ -136,6 +129,13 @@ fn form_fields(spec: &ModelSpec, kind: Kind, params: &Value) -> Vec<(&'static st
                 prompt
             };
             fields.push(("prompt", prompt));
+        }
+        Kind::AudioToText => {
+            // The runner's extra options travel in `metadata`, a JSON object string.
+            let language = text(params, "language");
+            if !language.trim().is_empty() {
+                fields.push(("metadata", json!({ "language": language }).to_string()));
+            }
         }
         _ => {}
     }

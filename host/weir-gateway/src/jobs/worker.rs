@@ -291,24 +291,20 @@ impl Jobs {
         let params = job
             .params()
             .map_err(|e| RunError::Permanent(e.to_string()))?;
-        let (content_type, body) = self.ai_request(spec, kind, &params).await?;
         let capability =
             weir_protocol::Capability::from_id(kind.capability()).ok_or_else(|| {
                 RunError::Permanent(format!("capability `{}` unknown", kind.capability()))
             })?;
+        let request = self.ai_request(capability, spec, kind, &params).await?;
         let started = Instant::now();
-        let served = self
-            .ai
-            .serve(capability, content_type, body)
-            .await
-            .map_err(|e| {
-                let msg = message_of(&e);
-                if e.status >= 500 || e.status == 429 || e.status == 408 {
-                    RunError::Transient(msg)
-                } else {
-                    RunError::Permanent(msg)
-                }
-            })?;
+        let served = self.ai.serve(request).await.map_err(|e| {
+            let msg = message_of(&e);
+            if e.status >= 500 || e.status == 429 || e.status == 408 {
+                RunError::Transient(msg)
+            } else {
+                RunError::Permanent(msg)
+            }
+        })?;
         let gpu_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         progress.store(90, Ordering::Relaxed);
         let result = self.job_result(kind, &served).await?;

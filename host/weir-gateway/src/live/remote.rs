@@ -53,6 +53,7 @@ impl Live {
             output: renditions,
             charge,
             attempts: tried,
+            ..
         } = dispatcher.run(&request_id, queue, &call).await?;
         tracing::debug!(stream, seq, orchestrator = %choice.url, units, charge, attempts = tried, "segment transcoded");
         Ok(renditions)
