@@ -2,8 +2,10 @@
 //! bounded number of times, then the stream fails (and stops being charged); a control message
 //! the pipeline refuses reaches the client as the refusal; JSONL data reaches the client's
 //! server-sent events before its trickle segment ends, and a worker closing its events channel
-//! does not move the stream.
+//! does not move the stream; a start the best orchestrator fails goes on to the next.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -233,4 +235,80 @@ fn data_records_reach_the_client_before_their_segment_ends_and_closed_events_do_
     let status = stream_status(&gw, &id);
     assert_eq!(status["state"], "running", "{status}");
     assert_eq!(status["swaps"], 0, "{status}");
+}
+
+#[test]
+fn a_stream_start_the_best_orchestrator_fails_starts_on_the_next_and_its_payment_is_taken_back() {
+    let o = echo_orchestrator();
+    // The best-ranked candidate: `o`'s offer at a price of 1, from a server whose every
+    // stream start fails.
+    let mut info = o.info();
+    for m in info["models"].as_array_mut().expect("models") {
+        m["price"]["price_per_unit"] = json!(1);
+    }
+    let starts = Arc::new(AtomicUsize::new(0));
+    let seen = starts.clone();
+    let broken = TestServer::start(
+        axum::Router::new()
+            .route(
+                "/info",
+                axum::routing::get(move || {
+                    let info = info.clone();
+                    async move { axum::Json(info) }
+                }),
+            )
+            .route(
+                "/ai/stream/start",
+                axum::routing::post(move || {
+                    let seen = seen.clone();
+                    async move {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            axum::Json(json!({"detail": {"msg": "pipeline host crashed"}})),
+                        )
+                    }
+                }),
+            ),
+    );
+    let gw = gateway(&[&broken.url, &o.url], "");
+    wait_discovered(&gw, 2);
+
+    let urls = start_stream(&gw, "echo", json!({}));
+    let id = urls["stream_id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        starts.load(Ordering::SeqCst),
+        1,
+        "the cheapest was tried first, once"
+    );
+    let status = stream_status(&gw, &id);
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["orchestrator"], o.url.as_str(), "{status}");
+    assert!(status["paid"].as_u64().is_some_and(|p| p > 0), "{status}");
+    // The failed attempt counts as one, and left no payment behind with the broken server.
+    let metrics = gw.metrics();
+    let failed = format!(
+        "weir_gateway_attempts_total{{orchestrator=\"{}\",outcome=\"failed\"}}",
+        broken.url
+    );
+    assert_eq!(metric(&metrics, &failed), Some(1.0), "{metrics}");
+    // Settled payments show as spend rows: one for the stream's orchestrator (charged nothing
+    // yet), none for the broken server.
+    let ledger = gw.ledger();
+    let rows = ledger["gateway"].as_array().expect("rows");
+    assert!(
+        rows.iter().any(|r| r.to_string().contains(&o.url)),
+        "{ledger}"
+    );
+    assert!(
+        !rows.iter().any(|r| r.to_string().contains(&broken.url)),
+        "{ledger}"
+    );
+
+    let stop = client()
+        .post(format!("{}/process/stream/{id}/stop", gw.url))
+        .bearer_auth(CLIENT_TOKEN)
+        .send()
+        .expect("stop");
+    assert!(stop.status().is_success(), "{}", stop.status());
 }
