@@ -238,7 +238,7 @@ fn data_records_reach_the_client_before_their_segment_ends_and_closed_events_do_
 }
 
 #[test]
-fn a_stream_start_the_best_orchestrator_fails_starts_on_the_next_and_its_payment_is_taken_back() {
+fn a_stream_start_the_best_orchestrator_fails_starts_on_the_next_and_the_stream_tops_up_there() {
     let o = echo_orchestrator();
     // The best-ranked candidate: `o`'s offer at a price of 1, from a server whose every
     // stream start fails.
@@ -271,7 +271,10 @@ fn a_stream_start_the_best_orchestrator_fails_starts_on_the_next_and_its_payment
                 }),
             ),
     );
-    let gw = gateway(&[&broken.url, &o.url], "");
+    let gw = gateway(
+        &[&broken.url, &o.url],
+        "[gateway.streams]\npayment_interval_secs = 1\n",
+    );
     wait_discovered(&gw, 2);
 
     let urls = start_stream(&gw, "echo", json!({}));
@@ -304,6 +307,21 @@ fn a_stream_start_the_best_orchestrator_fails_starts_on_the_next_and_its_payment
         !rows.iter().any(|r| r.to_string().contains(&broken.url)),
         "{ledger}"
     );
+
+    // Each second the stream pays for the time it ran and tops its balance back up, through
+    // the dispatcher with its orchestrator as the only candidate.
+    let first_paid = status["paid"].as_u64().unwrap_or(0);
+    let topped = eventually(Duration::from_secs(20), || {
+        let s = stream_status(&gw, &id);
+        (s["charged"].as_u64() > Some(0) && s["paid"].as_u64() > Some(first_paid)).then_some(s)
+    });
+    assert!(topped.is_some(), "no top-up: {}", stream_status(&gw, &id));
+    let metrics = gw.metrics();
+    let served = format!(
+        "weir_gateway_attempts_total{{orchestrator=\"{}\",outcome=\"ok\"}}",
+        o.url
+    );
+    assert!(metric(&metrics, &served) >= Some(2.0), "{metrics}");
 
     let stop = client()
         .post(format!("{}/process/stream/{id}/stop", gw.url))

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::http::header;
 use tokio::sync::{mpsc, oneshot};
 use weir_protocol::byoc::{JobRequest, StreamChannels, BYOC_MODEL, JOB_HEADER, STREAM_ID_HEADER};
-use weir_protocol::info::{BALANCE_HEADER, PAYMENT_HEADER};
+use weir_protocol::info::PAYMENT_HEADER;
 use weir_protocol::AiHttpError;
 use weir_trickle::Publisher;
 
@@ -64,6 +64,47 @@ impl Call for StartCall<'_> {
             return Err("the stream answer names no publish or control channel".to_owned());
         }
         Ok(channels)
+    }
+}
+
+/// A running stream's payment as the dispatcher sends it: what its balance at the orchestrator
+/// lacks of `units` seconds ahead, and the `charge` for the time since the last payment.
+struct TopUpCall<'a> {
+    capability: &'a str,
+    stream_id: &'a str,
+    units: u64,
+    charge: u64,
+}
+
+impl Call for TopUpCall<'_> {
+    type Output = ();
+
+    fn capability(&self) -> &str {
+        self.capability
+    }
+
+    fn units(&self) -> u64 {
+        self.units
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    fn request(&self, client: &reqwest::Client, choice: &Choice) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/ai/stream/payment", choice.url))
+            .header(STREAM_ID_HEADER, self.stream_id)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{}")
+    }
+
+    fn charge(&self, _reported: Option<u64>) -> Option<u64> {
+        Some(self.charge)
+    }
+
+    async fn accept(&self, _answer: Answer) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -165,7 +206,8 @@ impl Owner {
         self.session = Some(session);
     }
 
-    /// Pay for the time since the last payment and top the balance back up to the pay-ahead.
+    /// Pay for the time since the last payment and top the balance back up to the pay-ahead,
+    /// through the dispatcher with the session's orchestrator as the only candidate.
     pub(super) async fn pay(&mut self) -> Result<(), String> {
         let pay_ahead = self.streams.streams_config().pay_ahead_secs;
         let dispatcher = &self.streams.dispatcher;
@@ -174,58 +216,26 @@ impl Owner {
         };
         let elapsed = session.last_paid.elapsed().as_millis() as u64;
         let price = session.choice.price;
-        let charge = weir_payments::cost(elapsed, price_per_ms(price)).unwrap_or(0);
-        let pending = dispatcher
-            .payments()
-            .prepare(
-                &session.choice.url,
-                &self.job.capability,
-                BYOC_MODEL,
-                pay_ahead,
-                price,
-            )
-            .await?;
-        let mut reported = None;
-        if pending.topup > 0 {
-            let sent = dispatcher
-                .client()
-                .post(format!("{}/ai/stream/payment", session.choice.url))
-                .header(PAYMENT_HEADER, pending.header.as_str())
-                .header(STREAM_ID_HEADER, self.id.as_str())
-                .timeout(Duration::from_secs(5))
-                .body("{}")
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status().is_success() => {
-                    reported = r
-                        .headers()
-                        .get(BALANCE_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                }
-                Ok(r) => {
-                    dispatcher.payments().abandon(&pending).await;
-                    return Err(format!("top-up refused: {}", r.status()));
-                }
-                Err(e) => {
-                    dispatcher.payments().abandon(&pending).await;
-                    return Err(format!("top-up not delivered: {e}"));
-                }
-            }
-        }
-        let charge = charge.min(pending.cost);
-        dispatcher
-            .payments()
-            .settle(&pending, Some(charge), reported)
+        let ahead = weir_payments::cost(pay_ahead, price).unwrap_or(u64::MAX);
+        let call = TopUpCall {
+            capability: &self.job.capability,
+            stream_id: &self.id,
+            units: pay_ahead,
+            charge: weir_payments::cost(elapsed, price_per_ms(price))
+                .unwrap_or(0)
+                .min(ahead),
+        };
+        let queue = VecDeque::from([session.choice.clone()]);
+        let Dispatched { paid, charge, .. } = dispatcher
+            .run(&self.id, queue, &call)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.message())?;
         session.last_paid = Instant::now();
-        session.paid += pending.topup;
+        session.paid += paid;
         session.charged += charge;
         if let Some(stream) = &self.stream {
             let mut s = stream.status.lock();
-            s.paid += pending.topup;
+            s.paid += paid;
             s.charged += charge;
         }
         Ok(())

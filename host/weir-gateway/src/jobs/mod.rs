@@ -196,7 +196,6 @@ impl Jobs {
     }
 }
 
-/// The webhook signing secret: the configured one, or the one kept in `data_dir`.
 /// The key the object store signs local links with: derived from the webhook secret, so it
 /// is stable across restarts and shared by gateways configured alike.
 pub(crate) fn object_link_key(gateway: &GatewayConfig) -> Result<Vec<u8>, JobsError> {
@@ -204,6 +203,7 @@ pub(crate) fn object_link_key(gateway: &GatewayConfig) -> Result<Vec<u8>, JobsEr
     Ok(Sha256::digest(format!("weir-object-links:{}", secret.as_str())).to_vec())
 }
 
+/// The webhook signing secret: the configured one, or the one kept in `data_dir`.
 fn webhook_secret(
     config: &JobsConfig,
     data_dir: &std::path::Path,

@@ -149,13 +149,17 @@ pub(crate) async fn top_up(
                 ),
             ));
         }
-        let balance = o
-            .ledger()
-            .credit(&p.id, &p.sender, &account, p.amount)
-            .await
+        // A top-up of nothing (the balance lacked nothing) credits nothing: it reports it.
+        let balance = if p.amount == 0 {
+            o.ledger().balance(&p.sender, &account).await
+        } else {
+            o.ledger()
+                .credit(&p.id, &p.sender, &account, p.amount)
+                .await
+        };
+        Ok(balance
             .map_err(|e| err(402, format!("payment refused: {e}")))?
-            .amount;
-        Ok(balance)
+            .amount)
     };
     match run.await {
         Ok(balance) => {
