@@ -179,15 +179,18 @@ impl Ai {
         let request_id = format!("req-{:016x}", rand::random::<u64>());
         let stream = is_stream(&parsed);
         let wire = match wire {
-            Some(wire) => wire,
-            None => {
+            Some(wire) => Ok(wire),
+            // Orchestrators answer whole: a streamed request is sent with `stream` off.
+            None if stream => {
                 let mut sent = parsed.clone();
                 if let weir_protocol::ai::AiRequest::Llm(l) = &mut sent.request {
                     l.stream = false;
                 }
-                sent.to_wire().map_err(|e| err(500, e.to_string()))?
+                sent.to_wire()
             }
-        };
+            None => parsed.to_wire(),
+        }
+        .map_err(|e| err(500, e.to_string()))?;
 
         let job = weir_runtime::jobs::job_request(
             &request_id,
