@@ -63,7 +63,7 @@ impl Gateway {
         let storage = crate::storage::open(&config, &link_key).await?;
         tracing::info!(storage = storage.backend(), "object store ready");
         let ai = crate::ai::Ai::new(config.clone(), dispatcher.clone(), storage.clone(), metrics)?;
-        let jobs = crate::jobs::Jobs::open(&config, ai.clone(), storage, metrics).await?;
+        let jobs = crate::jobs::Jobs::open(&config, ai.clone(), storage.clone(), metrics).await?;
         let live =
             crate::live::Live::new(config.live.clone(), &config, dispatcher.clone(), metrics)?;
         let byoc = crate::byoc::Byoc::new(dispatcher.clone());
@@ -79,6 +79,7 @@ impl Gateway {
                 live,
                 ai_streams,
                 byoc,
+                storage,
             }),
         })
     }
@@ -86,6 +87,12 @@ impl Gateway {
     /// Orchestrator discovery.
     pub fn discovery(&self) -> &Arc<Discovery> {
         self.inner.dispatcher.discovery()
+    }
+
+    /// The object store (local disk or S3) results, job media and components' objects go to;
+    /// local objects are served at `{public_url}/objects/{key}` behind signed links.
+    pub fn storage(&self) -> &weir_storage::Storage {
+        &self.inner.storage
     }
 
     /// The gateway ledger.

@@ -22,4 +22,6 @@ pub(crate) struct Services {
     pub(crate) ai_streams: Arc<crate::ai_streams::AiStreams>,
     /// BYOC batch jobs.
     pub(crate) byoc: Arc<crate::byoc::Byoc>,
+    /// The object store every feature puts its media in.
+    pub(crate) storage: weir_storage::Storage,
 }

@@ -209,13 +209,7 @@ impl ModelRunner for WasmPipelineRunner {
                     data: Arc::from(f.data.as_ref()),
                 })
                 .collect();
-            let (outputs, params) = tokio::task::spawn_blocking(move || component.run(job, blobs))
-                .await
-                .map_err(|e| RunnerError::Failed {
-                    status: 500,
-                    message: format!("pipeline task failed: {e}"),
-                })?
-                .map_err(guest_error)?;
+            let (outputs, params) = component.run_async(job, blobs).await.map_err(guest_error)?;
             output_of(capability, outputs, params)
         })
     }

@@ -290,6 +290,8 @@ fn arm(
     limits: &Limits,
 ) -> Result<(), CallFailure> {
     store.set_epoch_deadline(runtime.ticks_for(limits.timeout_ms));
+    store.data_mut().deadline =
+        Instant::now() + std::time::Duration::from_millis(u64::from(limits.timeout_ms));
     if runtime.fuel_enabled() {
         let fuel = if limits.fuel == 0 {
             u64::MAX

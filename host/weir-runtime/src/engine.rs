@@ -72,6 +72,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     payments: Arc<dyn PaymentsSource>,
     media: crate::host::MediaSlot,
+    storage: crate::storage::StorageSlot,
     metrics: RuntimeMetrics,
     ticker_stop: Arc<AtomicBool>,
     call_slots: Arc<tokio::sync::Semaphore>,
@@ -92,6 +93,12 @@ impl Runtime {
     /// already loaded. Only the first call counts; returns whether this one did.
     pub fn provide_media(&self, media: Arc<dyn crate::host::MediaSource>) -> bool {
         self.media.set(media).is_ok()
+    }
+
+    /// Give components the node's object store (`weir:host/storage`), also those already
+    /// loaded. Only the first call counts; returns whether this one did.
+    pub fn provide_storage(&self, storage: Arc<dyn crate::storage::ComponentStorage>) -> bool {
+        self.storage.set(storage).is_ok()
     }
 
     /// Build the engine and linkers and start the epoch ticker.
@@ -156,6 +163,7 @@ impl Runtime {
             config,
             payments,
             media: Default::default(),
+            storage: Default::default(),
             metrics,
             ticker_stop,
             call_slots,
@@ -232,6 +240,8 @@ impl Runtime {
                 config: Arc::new(manifest.config.clone()),
                 payments: self.payments.clone(),
                 media: self.media.clone(),
+                storage: self.storage.clone(),
+                storage_object_bytes: u64::from(manifest.limits.storage_object_kib) * 1024,
             },
             permissions,
             limits: manifest.limits.clone(),
@@ -293,6 +303,7 @@ impl Runtime {
                 memory_mib: limits.memory_mib,
             },
             scope: scope.clone(),
+            deadline: Instant::now() + Duration::from_millis(u64::from(limits.timeout_ms)),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -11,6 +11,7 @@ use crate::bindings::types::{Error as GuestError, Param, Price};
 use crate::bindings::{clock, config, log, media, models, payments, storage, transcode};
 use crate::limits::Limiter;
 use crate::media::{read_range, Blob, Segment};
+use crate::storage::{namespaced, ComponentStorage, StorageSlot};
 
 /// Longest guest log message kept, in bytes.
 const MAX_LOG_BYTES: usize = 4096;
@@ -83,6 +84,10 @@ pub(crate) struct ComponentScope {
     pub payments: Arc<dyn PaymentsSource>,
     /// Host media work.
     pub media: MediaSlot,
+    /// The node's object store.
+    pub storage: StorageSlot,
+    /// Largest object the component may store, in bytes.
+    pub storage_object_bytes: u64,
 }
 
 /// The data of one wasmtime store: one live instance of a component.
@@ -91,6 +96,8 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) scope: ComponentScope,
+    /// When the call in progress runs out of time (set by every call).
+    pub(crate) deadline: Instant,
 }
 
 impl WasiView for HostState {
@@ -330,16 +337,59 @@ impl models::Host for HostState {
     }
 }
 
+impl HostState {
+    /// The node's object store, or the `unsupported` answer of a node that has none.
+    fn object_store(&self) -> Result<Arc<dyn ComponentStorage>, GuestError> {
+        self.scope.storage.get().cloned().ok_or_else(|| {
+            GuestError::Unsupported(
+                "object storage for components: this node has no object store (it comes with the gateway role's `[gateway.storage]`)".to_owned(),
+            )
+        })
+    }
+}
+
 impl storage::Host for HostState {
     fn put(
         &mut self,
-        _key: String,
-        _data: Resource<Blob>,
+        key: String,
+        data: Resource<Blob>,
     ) -> wasmtime::Result<Result<String, GuestError>> {
-        unsupported("object storage for components")
+        let blob = self.table.get(&data)?.clone();
+        let (component, limit) = (self.scope.name.clone(), self.scope.storage_object_bytes);
+        let stored = (|| {
+            let store = self.object_store()?;
+            let full = namespaced(&component, &key)?;
+            if blob.data.len() as u64 > limit {
+                return Err(GuestError::InvalidRequest(format!(
+                    "storage put {key:?}: {} bytes is more than component `{component}` may store in one object ({} KiB, limits.storage_object_kib)",
+                    blob.data.len(),
+                    limit / 1024
+                )));
+            }
+            let url = store.put(&full, &blob, self.deadline)?;
+            tracing::debug!(
+                component = &*component,
+                key = full,
+                bytes = blob.data.len(),
+                "component stored an object"
+            );
+            Ok(url)
+        })();
+        Ok(stored)
     }
 
-    fn get(&mut self, _key: String) -> wasmtime::Result<Result<Resource<Blob>, GuestError>> {
-        unsupported("object storage for components")
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Resource<Blob>, GuestError>> {
+        let found = self.object_store().and_then(|store| {
+            let full = namespaced(&self.scope.name, &key)?;
+            store.get(&full, self.deadline)
+        });
+        match found {
+            Ok(Some(blob)) => Ok(Ok(self.push_blob(blob)?)),
+            Ok(None) => Ok(Err(GuestError::InvalidRequest(format!(
+                "storage get: component `{}` has no object under {key:?}",
+                self.scope.name
+            )))),
+            Err(e) => Ok(Err(e)),
+        }
     }
 }

@@ -35,6 +35,7 @@ mod manifest;
 pub mod media;
 mod metrics;
 mod registry;
+pub mod storage;
 
 pub use bindings::pipeline::exports::weir::host::pipeline_handler::StreamInfo;
 pub use bindings::pricing::exports::weir::host::quoting::{QuoteContext, Role};
@@ -46,6 +47,10 @@ pub use engine::{default_max_concurrent_calls, Runtime, RuntimeConfig, MAX_WASM_
 pub use error::{describe_guest_error, CallFailure, RuntimeError};
 pub use host::{MediaSource, NoLedger, PaymentsSource};
 pub use inspect::{Inspection, WorldCheck};
-pub use manifest::{DirGrant, InstanceMode, Limits, Manifest, Permissions, WorldKind};
+pub use manifest::{
+    DirGrant, InstanceMode, Limits, Manifest, Permissions, WorldKind, DEFAULT_STORAGE_OBJECT_KIB,
+    MAX_STORAGE_OBJECT_KIB,
+};
 pub use metrics::RuntimeMetrics;
 pub use registry::{LoadStatus, Registry, ScanReport, WatchGuard};
+pub use storage::{ComponentStorage, ObjectStorage};

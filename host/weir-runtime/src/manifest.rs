@@ -79,7 +79,15 @@ pub struct Limits {
     pub pool_size: u32,
     /// Calls an instance serves before it is retired and replaced.
     pub max_calls_per_instance: u32,
+    /// Largest object the component may store through `weir:host/storage`, in KiB.
+    pub storage_object_kib: u32,
 }
+
+/// The default of [`Limits::storage_object_kib`]: 16 MiB.
+pub const DEFAULT_STORAGE_OBJECT_KIB: u32 = 16 * 1024;
+
+/// The most [`Limits::storage_object_kib`] may be: 1 GiB.
+pub const MAX_STORAGE_OBJECT_KIB: u32 = 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -89,6 +97,7 @@ impl Default for Limits {
             fuel: 0,
             pool_size: 8,
             max_calls_per_instance: 100_000,
+            storage_object_kib: DEFAULT_STORAGE_OBJECT_KIB,
         }
     }
 }
@@ -118,6 +127,7 @@ struct LimitsSpec {
     fuel: Option<u64>,
     pool_size: Option<u32>,
     max_calls_per_instance: Option<u32>,
+    storage_object_kib: Option<u32>,
 }
 
 impl LimitsSpec {
@@ -131,6 +141,7 @@ impl LimitsSpec {
             max_calls_per_instance: self
                 .max_calls_per_instance
                 .unwrap_or(d.max_calls_per_instance),
+            storage_object_kib: self.storage_object_kib.unwrap_or(d.storage_object_kib),
         }
     }
 }
@@ -315,6 +326,12 @@ impl Manifest {
         }
         if l.max_calls_per_instance == 0 {
             return Err("limits.max_calls_per_instance must be at least 1".to_owned());
+        }
+        if !(1..=MAX_STORAGE_OBJECT_KIB).contains(&l.storage_object_kib) {
+            return Err(format!(
+                "limits.storage_object_kib = {} must be within 1..={MAX_STORAGE_OBJECT_KIB}",
+                l.storage_object_kib
+            ));
         }
         for grant in &self.permissions.dirs {
             if !grant.guest.starts_with('/') {

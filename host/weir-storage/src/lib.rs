@@ -241,6 +241,44 @@ impl StorageError {
     }
 }
 
+/// Why [`Storage::read_link`] served no object; [`LinkError::status`] is the HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The link lacks its `expires` or `sig` parameter.
+    #[error("this link needs its expires and sig parameters")]
+    Unsigned,
+    /// The signature is wrong, the link expired, or the key is not a valid key.
+    #[error("{0}")]
+    Denied(StorageError),
+    /// No object under the key (it expired or never existed).
+    #[error("the object expired or never existed")]
+    NotFound,
+    /// The backend failed.
+    #[error("{0}")]
+    Unavailable(StorageError),
+}
+
+impl LinkError {
+    /// The HTTP status to answer: 403, 404 or 503.
+    pub fn status(&self) -> u16 {
+        match self {
+            LinkError::Unsigned | LinkError::Denied(_) => 403,
+            LinkError::NotFound => 404,
+            LinkError::Unavailable(_) => 503,
+        }
+    }
+
+    /// A short machine-readable code: `unsigned`, `denied`, `not_found`, `storage_unavailable`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LinkError::Unsigned => "unsigned",
+            LinkError::Denied(_) => "denied",
+            LinkError::NotFound => "not_found",
+            LinkError::Unavailable(_) => "storage_unavailable",
+        }
+    }
+}
+
 /// An object read back by [`Storage::get`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
@@ -685,6 +723,29 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// The object a signed link (from [`Storage::signed_url`], local backend) names: its
+    /// `expires` and `sig` checked by [`Storage::verify_link`], then read. What every handler
+    /// of `GET /objects/{key}` calls.
+    pub async fn read_link(
+        &self,
+        key: &str,
+        expires: Option<u64>,
+        sig: Option<&str>,
+    ) -> Result<Object, LinkError> {
+        let (Some(expires), Some(sig)) = (expires, sig) else {
+            return Err(LinkError::Unsigned);
+        };
+        self.verify_link(key, expires, sig)
+            .map_err(LinkError::Denied)?;
+        match self.get(key).await {
+            Ok(Some(object)) => Ok(object),
+            Ok(None) => Err(LinkError::NotFound),
+            Err(e) => Err(LinkError::Unavailable(e)),
+        }
+    }
+}
+
 fn parse_local(key: &str, bytes: Bytes) -> Result<Object, StorageError> {
     let corrupt = |reason| StorageError::Corrupt {
         backend: "local",
@@ -1032,5 +1093,66 @@ mod tests {
         );
         assert!(toml::from_str::<StorageConfig>("type = \"local\"\ndir = \"d\"\nx = 1").is_err());
         assert!(toml::from_str::<StorageConfig>("type = \"gcs\"").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_link_reads_its_object_only_when_signed_and_present() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = local(tmp.path()).await;
+        let data = Bytes::from_static(b"mask");
+        storage
+            .put("c/m.png", "image/png", data.clone())
+            .await
+            .unwrap();
+        let (url, expires) = storage
+            .signed_url("c/m.png", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let sig = url.rsplit("sig=").next().unwrap().to_owned();
+        let object = storage
+            .read_link("c/m.png", Some(expires), Some(&sig))
+            .await
+            .unwrap();
+        assert_eq!(
+            (object.content_type.as_str(), object.data),
+            ("image/png", data)
+        );
+        let refused = |r: Result<Object, LinkError>| {
+            let e = r.unwrap_err();
+            (e.status(), e.code())
+        };
+        assert_eq!(
+            refused(storage.read_link("c/m.png", None, Some(&sig)).await),
+            (403, "unsigned")
+        );
+        assert_eq!(
+            refused(
+                storage
+                    .read_link("c/other.png", Some(expires), Some(&sig))
+                    .await
+            ),
+            (403, "denied")
+        );
+        assert_eq!(
+            refused(
+                storage
+                    .read_link("c/m.png", Some(expires + 1), Some(&sig))
+                    .await
+            ),
+            (403, "denied")
+        );
+        let (gone, expires) = storage
+            .signed_url("c/gone.png", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let sig = gone.rsplit("sig=").next().unwrap().to_owned();
+        assert_eq!(
+            refused(
+                storage
+                    .read_link("c/gone.png", Some(expires), Some(&sig))
+                    .await
+            ),
+            (404, "not_found")
+        );
     }
 }

@@ -132,6 +132,11 @@ pub struct OrchestratorSection {
     /// Bring-your-own-compute: the registration secret, `[[orchestrator.byoc.pipelines]]`,
     /// stream debits (`[orchestrator.byoc]`).
     pub byoc: Option<weir_orchestrator::ByocConfig>,
+    /// The object store of the node's components (`[orchestrator.storage]`, what their
+    /// `weir:host/storage` calls reach): `type = "local"` with `dir` or `type = "s3"`.
+    /// Default: the gateway's on a node with one, else local disk under `<data_dir>/objects`,
+    /// its links served at the orchestrator's `/objects/{key}`.
+    pub storage: Option<weir_storage::StorageConfig>,
 }
 
 /// `[node]`.
@@ -343,7 +348,11 @@ impl FileConfig {
                 }
             }
         }
-        for storage in [&mut self.gateway.storage, &mut self.gateway.jobs.storage] {
+        for storage in [
+            &mut self.gateway.storage,
+            &mut self.gateway.jobs.storage,
+            &mut self.orchestrator.storage,
+        ] {
             if let Some(weir_storage::StorageConfig::Local { dir }) = storage {
                 join(dir);
             }

@@ -6,6 +6,7 @@ mod component_cmd;
 mod config;
 mod listen;
 mod node;
+mod objects;
 mod server;
 
 use clap::{Parser, Subcommand};

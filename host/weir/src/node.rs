@@ -39,7 +39,7 @@ fn admin_token(config: &NodeConfig) -> anyhow::Result<String> {
 }
 
 /// A secret read from `path`, or generated into it (mode 0600) when absent or too short.
-fn token_file(path: &Path, what: &str) -> anyhow::Result<String> {
+pub(crate) fn token_file(path: &Path, what: &str) -> anyhow::Result<String> {
     if let Ok(existing) = std::fs::read_to_string(path) {
         let t = existing.trim().to_owned();
         if t.len() >= 16 {
@@ -356,20 +356,26 @@ async fn start_orchestrator(
     if let Some(media) = orchestrator.guest_media() {
         registry.runtime().provide_media(media);
     }
+    let objects = crate::objects::ObjectSlot::default();
+    if crate::objects::own_store(config, role.gateway()) {
+        let storage = crate::objects::open(config, &service_url).await?;
+        let _ = objects.set(storage.clone());
+        crate::objects::provide(registry, storage);
+    }
+    let orchestrator_routes = orchestrator.router().merge(crate::objects::route(objects));
     started
         .ledgers
         .push(("orchestrator", orchestrator.ledger().clone()));
     let Some(l) = service_listener else {
         started.extra = std::mem::take(&mut started.extra)
-            .merge(orchestrator.router())
+            .merge(orchestrator_routes)
             .route("/openapi.json", orchestrator_openapi(true));
         return Ok(None);
     };
     started
         .ready_line
         .push_str(&format!(" orchestrator={service_url}"));
-    let router = orchestrator
-        .router()
+    let router = orchestrator_routes
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/openapi.json", orchestrator_openapi(false));
     let limits = config.listeners;
@@ -432,6 +438,8 @@ async fn start_gateway(
     .await
     .context("starting the gateway")?;
     started.ledgers.push(("gateway", gateway.ledger().clone()));
+    // Components use the gateway's object store unless the orchestrator opened its own.
+    crate::objects::provide(registry, gateway.storage().clone());
     started.extra = std::mem::take(&mut started.extra).merge(gateway.router());
     started
         .ready_line

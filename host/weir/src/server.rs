@@ -219,7 +219,7 @@ struct ComponentView {
     /// The latest load attempt's error, when a newer version failed and this one keeps serving.
     last_error: Option<String>,
     /// The effective per-call limits (the manifest's, else its world's defaults): `timeout_ms`,
-    /// `memory_mib`, `fuel`, `pool_size`, `max_calls_per_instance`.
+    /// `memory_mib`, `fuel`, `pool_size`, `max_calls_per_instance`, `storage_object_kib`.
     limits: weir_runtime::Limits,
     /// The effective instance mode (`warm` or `fresh`).
     instance: weir_runtime::InstanceMode,

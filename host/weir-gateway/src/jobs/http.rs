@@ -570,19 +570,12 @@ async fn object(
     UrlPath(key): UrlPath<String>,
     Query(q): Query<LinkQuery>,
 ) -> Response {
-    let (Some(expires), Some(sig)) = (q.expires, q.sig) else {
-        return problem(
-            403,
-            "unsigned",
-            "this link needs its expires and sig parameters",
-        );
-    };
-    if let Err(e) = jobs.storage.verify_link(&key, expires, &sig) {
-        return problem(403, "denied", e.to_string());
-    }
-    match jobs.storage.get(&key).await {
-        Ok(Some(o)) => ([(header::CONTENT_TYPE, o.content_type)], o.data).into_response(),
-        Ok(None) => problem(404, "not_found", "the object expired or never existed"),
-        Err(e) => problem(503, "storage_unavailable", e.to_string()),
+    match jobs
+        .storage
+        .read_link(&key, q.expires, q.sig.as_deref())
+        .await
+    {
+        Ok(o) => ([(header::CONTENT_TYPE, o.content_type)], o.data).into_response(),
+        Err(e) => problem(e.status(), e.code(), e.to_string()),
     }
 }

@@ -17,7 +17,8 @@ fn schemas() -> Map<String, Value> {
             "imports": strings, "exports": strings, "last_error": {"type": ["string", "null"]},
             "limits": {"type": "object", "properties": {
                 "memory_mib": {"type": "integer"}, "timeout_ms": {"type": "integer"}, "fuel": {"type": "integer"},
-                "pool_size": {"type": "integer"}, "max_calls_per_instance": {"type": "integer"}}},
+                "pool_size": {"type": "integer"}, "max_calls_per_instance": {"type": "integer"},
+                "storage_object_kib": {"type": "integer"}}},
             "instance": {"type": "string", "enum": ["warm", "fresh"]}}});
     let error = json!({"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],

@@ -155,20 +155,34 @@ fn stored(paths: &mut Map<String, Value>) {
                     "responses": {"200": any, "404": json_response("No such result", "HTTPError")}},
         }),
     );
-    let error = |d: &str| json_response(d, "JobError");
-    paths.insert("/objects/{key}".into(), json!({
+    paths.insert(
+        "/objects/{key}".into(),
+        object_link(
+            "A job input or result behind a signed, expiring link",
+            "jobs",
+            "JobError",
+        ),
+    );
+}
+
+/// `GET /objects/{key}`: an object behind a signed, expiring link; errors as `error_schema`.
+pub(super) fn object_link(summary: &str, tag: &str, error_schema: &str) -> Value {
+    let any = json!({"description": "The stored bytes, with their media type",
+                     "content": {"*/*": binary()}});
+    let error = |d: &str| json_response(d, error_schema);
+    json!({
         "parameters": [path_param("key", "The object's key, as in the signed link"),
                        {"name": "expires", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": u64::MAX}},
                        {"name": "sig", "in": "query", "schema": {"type": "string"}}],
-        "get": {"operationId": "object", "summary": "A job input or result behind a signed, expiring link",
-                "tags": ["jobs"],
+        "get": {"operationId": "object", "summary": summary,
+                "tags": [tag],
                 "responses": {"200": any,
                               "400": {"description": "`expires` is not a non-negative integer",
                                       "content": {"text/plain": {"schema": {"type": "string"}}}},
                               "403": error("No signature, a wrong one, or an expired link"),
-                              "404": error("The object expired or never existed, or the jobs API is off"),
+                              "404": error("The object expired or never existed, or this listener stores none"),
                               "503": error("The storage is unavailable")}},
-    }));
+    })
 }
 
 /// The live and stored-media routes.

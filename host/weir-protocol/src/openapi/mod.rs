@@ -126,6 +126,14 @@ pub fn orchestrator_document(admin: bool) -> Value {
     let mut part = trickle::part();
     part.merge(byoc::info_part());
     part.merge(admin::part(admin));
+    part.paths.insert(
+        "/objects/{key}".into(),
+        live::object_link(
+            "An object one of the node's components stored, behind a signed, expiring link",
+            "orchestrator",
+            "HTTPError",
+        ),
+    );
     assemble(
         "Weir orchestrator",
         "The orchestrator's public routes: its capabilities and prices, and Livepeer's trickle \

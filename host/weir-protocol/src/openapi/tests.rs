@@ -323,6 +323,7 @@ fn each_role_documents_its_own_routes_and_every_error_shape() {
     assert!(
         orch.iter().any(|p| p == "/ai/trickle/{ch}/{seq}")
             && orch.iter().any(|p| p == "/admin/ledger")
+            && orch.iter().any(|p| p == "/objects/{key}")
     );
     assert!(!orch
         .iter()
@@ -337,7 +338,8 @@ fn each_role_documents_its_own_routes_and_every_error_shape() {
             "/capability/register",
             "/capability/unregister",
             "/healthz",
-            "/info"
+            "/info",
+            "/objects/{key}"
         ]
     );
     let schemas = &gateway["components"]["schemas"];

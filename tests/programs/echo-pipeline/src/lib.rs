@@ -5,10 +5,17 @@
 //! Failure modes for tests: a stream started with the flag param `fail` traps in every
 //! `on-segment`; a control message holding `"reject"` is refused with an invalid-request error
 //! naming the rejected value.
+//!
+//! Storage: a batch job whose `prompt` is `store:KEY` puts its first input under `KEY` with
+//! `weir:host/storage`, reads it back, and answers the object read back, then a `text/plain`
+//! object holding the URL `put` answered; `fetch:KEY` answers the object stored under `KEY`.
+//! A storage error is the job's error.
 
 use std::cell::Cell;
 
-use weir_sdk::pipeline::{Error, Guest, Job, JobOutput, Param, ParamValue, Segment, StreamInfo};
+use weir_sdk::pipeline::{
+    Blob, Error, Guest, Job, JobOutput, Param, ParamValue, Segment, StreamInfo,
+};
 
 struct Echo;
 
@@ -17,8 +24,34 @@ thread_local! {
     static FAIL: Cell<bool> = const { Cell::new(false) };
 }
 
+/// `store:KEY`: put the first input under KEY, read it back, answer it and its URL.
+fn store(key: &str, job: Job) -> Result<JobOutput, Error> {
+    let Some(first) = job.inputs.first() else {
+        return Err(Error::InvalidRequest("store: no input to store".into()));
+    };
+    let url = weir_sdk::storage::put(key, first)?;
+    let back = weir_sdk::storage::get(key)?;
+    Ok(JobOutput {
+        blobs: vec![back, Blob::new("text/plain", url.as_bytes())],
+        params: Vec::new(),
+    })
+}
+
 impl Guest for Echo {
     fn run(job: Job) -> Result<JobOutput, Error> {
+        let prompt = job.request.params.iter().find_map(|p| match &p.value {
+            ParamValue::Text(t) if p.name == "prompt" => Some(t.clone()),
+            _ => None,
+        });
+        if let Some(key) = prompt.as_deref().and_then(|p| p.strip_prefix("store:")) {
+            return store(key, job);
+        }
+        if let Some(key) = prompt.as_deref().and_then(|p| p.strip_prefix("fetch:")) {
+            return Ok(JobOutput {
+                blobs: vec![weir_sdk::storage::get(key)?],
+                params: Vec::new(),
+            });
+        }
         let total: u64 = job.inputs.iter().map(|b| b.len()).sum();
         let first = match job.inputs.first() {
             Some(b) => b.read(0, 16)?,
