@@ -13,7 +13,13 @@ use crate::support::*;
 /// A combined node serving `image-to-image` with two copies of the echo pipeline: model `echo`
 /// with the default storage limit, model `tiny` allowed objects of 1 KiB.
 fn node() -> Weir {
-    let node = with_pipelines("node", "[gateway]\nopen = true\nrefresh_secs = 1\n");
+    node_with("")
+}
+
+/// [`node`] with `extra` config before its models.
+pub(crate) fn node_with(extra: &str) -> Weir {
+    let config = format!("{extra}[gateway]\nopen = true\nrefresh_secs = 1\n");
+    let node = with_pipelines("node", &config);
     let offered = eventually(Duration::from_secs(30), || {
         let v: Value = client()
             .get(format!("{}/gateway/orchestrators", node.url))
@@ -52,7 +58,7 @@ fn with_pipelines(role: &str, config: &str) -> Weir {
 }
 
 /// `POST /image-to-image` with the fixture image and `prompt`; (status, body, image bytes).
-fn image_to_image(node: &Weir, model: &str, prompt: &str) -> (u16, Value, Vec<u8>) {
+pub(crate) fn image_to_image(node: &Weir, model: &str, prompt: &str) -> (u16, Value, Vec<u8>) {
     let png = std::fs::read(artifact("models/fixture.png")).expect("fixture");
     let form = reqwest::blocking::multipart::Form::new()
         .text("prompt", prompt.to_owned())
@@ -74,7 +80,7 @@ fn image_to_image(node: &Weir, model: &str, prompt: &str) -> (u16, Value, Vec<u8
     (status, r.json().unwrap_or(Value::Null), png)
 }
 
-fn get_bytes(url: &str) -> (u16, Vec<u8>) {
+pub(crate) fn get_bytes(url: &str) -> (u16, Vec<u8>) {
     let r = client().get(url).send().expect("get");
     (r.status().as_u16(), r.bytes().expect("bytes").to_vec())
 }

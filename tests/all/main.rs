@@ -10,6 +10,7 @@ mod byoc;
 mod byoc_billing;
 mod byoc_swaps;
 mod cli;
+mod component_payments;
 mod component_storage;
 mod components;
 mod examples;

@@ -36,6 +36,10 @@ pub struct RunnerInput {
     pub request: AiRequest,
     /// Its uploaded files.
     pub files: Vec<InputFile>,
+    /// Who pays for it (the payment's sender; empty when unknown).
+    pub sender: String,
+    /// The billable units it was charged for (0 when unknown).
+    pub units: u64,
 }
 
 /// A produced media object, decoded.

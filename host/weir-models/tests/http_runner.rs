@@ -119,6 +119,8 @@ fn t2i(prompt: &str) -> RunnerInput {
         )
         .expect("valid"),
         files: vec![],
+        sender: String::new(),
+        units: 0,
     }
 }
 
@@ -162,6 +164,8 @@ async fn upscale_sends_the_file_and_fields_as_multipart() {
             content_type: "image/png".into(),
             data: bytes::Bytes::from_static(b"abc"),
         }],
+        sender: String::new(),
+        units: 0,
     };
     let RunnerOutput::Media(images) = runner(&url, Duration::from_secs(10))
         .run(input)
@@ -227,6 +231,8 @@ async fn failures_are_mapped_to_what_a_caller_can_do_about_them() {
         .run(RunnerInput {
             request: llm.clone(),
             files: vec![],
+            sender: String::new(),
+            units: 0,
         })
         .await
         .unwrap_err();
@@ -239,6 +245,8 @@ async fn failures_are_mapped_to_what_a_caller_can_do_about_them() {
         .run(RunnerInput {
             request: llm,
             files: vec![],
+            sender: String::new(),
+            units: 0,
         })
         .await
         .unwrap_err();

@@ -103,6 +103,8 @@ async fn upscales_like_upscalerjs_and_beats_bicubic() {
         .run(RunnerInput {
             request: upscale_request(Some("7")),
             files: image_file(fixture),
+            sender: String::new(),
+            units: 0,
         })
         .await
         .expect("run");
@@ -157,6 +159,8 @@ async fn rejects_what_it_cannot_serve() {
         .run(RunnerInput {
             request: upscale_request(None),
             files: image_file(b"%PDF-1.7 not an image".to_vec()),
+            sender: String::new(),
+            units: 0,
         })
         .await
         .unwrap_err();
@@ -173,6 +177,8 @@ async fn rejects_what_it_cannot_serve() {
         .run(RunnerInput {
             request: upscale_request(None),
             files: image_file(big),
+            sender: String::new(),
+            units: 0,
         })
         .await
         .unwrap_err();
@@ -185,6 +191,8 @@ async fn rejects_what_it_cannot_serve() {
         .run(RunnerInput {
             request: upscale_request(None),
             files: vec![],
+            sender: String::new(),
+            units: 0,
         })
         .await
         .unwrap_err();
@@ -198,6 +206,8 @@ async fn rejects_what_it_cannot_serve() {
         .run(RunnerInput {
             request: AiRequest::from_json(Capability::TextToImage, &t2i).expect("valid"),
             files: vec![],
+            sender: String::new(),
+            units: 0,
         })
         .await
         .unwrap_err();

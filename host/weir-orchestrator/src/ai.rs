@@ -234,6 +234,8 @@ impl Orchestrator {
         let input = RunnerInput {
             request: parsed.request,
             files: parsed.files,
+            sender: job.payer.payment.sender.clone(),
+            units,
         };
         let started = Instant::now();
         let result = match tokio::time::timeout(m.timeout, m.runner.run(input)).await {

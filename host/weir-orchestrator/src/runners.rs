@@ -198,8 +198,8 @@ impl ModelRunner for WasmPipelineRunner {
                 &format!("wasm-{:016x}", rand::random::<u64>()),
                 &input.request,
                 MediaFacts::default(),
-                0,
-                "",
+                input.units,
+                &input.sender,
             );
             let blobs = input
                 .files

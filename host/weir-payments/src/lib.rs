@@ -11,15 +11,19 @@
 //!   credit or spend applies once.
 //! - [`credit`]: signed off-chain payments (the `Weir-Payment` header) and the sender's wallet.
 //! - [`trust`]: which senders an orchestrator takes credits from.
+//! - [`LedgerSnapshot`]: balances and totals of the node's ledgers copied into memory and kept
+//!   current, for components' read-only `payments` view (no database read per call).
 
 pub mod credit;
 mod ledger;
+mod snapshot;
 pub mod trust;
 
 pub use ledger::{
-    open as open_ledger, redact_url, Balance, Durability, Ledger, LedgerError, LedgerOptions,
-    PostgresLedger, Reservation, SqliteLedger, TotalRow, Totals,
+    open as open_ledger, redact_url, Balance, BalanceRow, Durability, Ledger, LedgerError,
+    LedgerOptions, PostgresLedger, Reservation, SqliteLedger, TotalRow, Totals,
 };
+pub use snapshot::{LedgerSnapshot, SnapshotView};
 
 /// A price: `price_per_unit` base units buy `pixels_per_unit` units of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -67,6 +67,7 @@ pub mod pipeline {
             "weir:host/log": super::log,
             "weir:host/config": super::config,
             "weir:host/clock": super::clock,
+            "weir:host/payments": super::payments,
             "weir:host/media": super::media,
             "weir:host/transcode": super::transcode,
             "weir:host/models": super::models,

@@ -178,6 +178,9 @@ pub struct RuntimeSection {
     pub cache: Option<bool>,
     /// Debounce of the components-directory watcher, in milliseconds.
     pub reload_debounce_ms: Option<u64>,
+    /// Milliseconds between refreshes of the ledger snapshot components read through
+    /// `weir:host/payments` (default 1000).
+    pub payments_refresh_ms: Option<u64>,
 }
 
 /// `[policies]`.
@@ -260,6 +263,8 @@ pub struct NodeConfig {
     pub cache: bool,
     /// Watcher debounce in milliseconds.
     pub reload_debounce_ms: u64,
+    /// Milliseconds between refreshes of components' ledger snapshot.
+    pub payments_refresh_ms: u64,
     /// Router component.
     pub router: String,
     /// Pricing component.
@@ -406,7 +411,8 @@ impl NodeConfig {
         };
         let json_logs = json_logs(o.log_format.clone().or(file.node.log_format))?;
         let admin_token = admin_token(o.admin_token.clone().or(file.node.admin_token))?;
-        let (epoch_tick_ms, reload_debounce_ms) = runtime_timings(&file.runtime)?;
+        let (epoch_tick_ms, reload_debounce_ms, payments_refresh_ms) =
+            runtime_timings(&file.runtime)?;
         let gateway = merge_gateway(file.gateway, o)?;
         let mut orchestrator = file.orchestrator;
         if o.service_addr.is_some() {
@@ -426,6 +432,7 @@ impl NodeConfig {
             epoch_tick_ms,
             cache: file.runtime.cache.unwrap_or(true),
             reload_debounce_ms,
+            payments_refresh_ms,
             router: file
                 .policies
                 .router
@@ -462,8 +469,9 @@ fn admin_token(admin_token: Option<String>) -> Result<Option<String>, ConfigErro
     Ok(admin_token)
 }
 
-/// `[runtime]`'s epoch tick and reload debounce (milliseconds), defaulted and checked.
-fn runtime_timings(runtime: &RuntimeSection) -> Result<(u64, u64), ConfigError> {
+/// `[runtime]`'s epoch tick, reload debounce and payments refresh (milliseconds), defaulted
+/// and checked.
+fn runtime_timings(runtime: &RuntimeSection) -> Result<(u64, u64, u64), ConfigError> {
     let epoch_tick_ms = runtime.epoch_tick_ms.unwrap_or(2);
     if !(1..=100).contains(&epoch_tick_ms) {
         return Err(ConfigError::Invalid(format!(
@@ -476,7 +484,13 @@ fn runtime_timings(runtime: &RuntimeSection) -> Result<(u64, u64), ConfigError> 
             "runtime.reload_debounce_ms must be at most 10000".into(),
         ));
     }
-    Ok((epoch_tick_ms, reload_debounce_ms))
+    let payments_refresh_ms = runtime.payments_refresh_ms.unwrap_or(1000);
+    if !(100..=60_000).contains(&payments_refresh_ms) {
+        return Err(ConfigError::Invalid(format!(
+            "runtime.payments_refresh_ms = {payments_refresh_ms} must be within 100..=60000"
+        )));
+    }
+    Ok((epoch_tick_ms, reload_debounce_ms, payments_refresh_ms))
 }
 
 /// `[gateway]` with the command-line overrides applied, checked.

@@ -7,6 +7,7 @@ mod config;
 mod listen;
 mod node;
 mod objects;
+mod policy_payments;
 mod server;
 
 use clap::{Parser, Subcommand};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use weir_runtime::{NoLedger, Registry, Runtime, RuntimeConfig, RuntimeMetrics};
+use weir_runtime::{PaymentsSource, Registry, Runtime, RuntimeConfig, RuntimeMetrics};
 
 use crate::config::NodeConfig;
 use crate::server::{app, AppState};
@@ -15,6 +15,7 @@ use crate::server::{app, AppState};
 pub fn build_registry(
     config: &NodeConfig,
     metrics: &prometheus::Registry,
+    payments: Arc<dyn PaymentsSource>,
 ) -> anyhow::Result<Arc<Registry>> {
     let runtime_metrics = RuntimeMetrics::new(metrics).context("registering runtime metrics")?;
     let runtime = Runtime::new(
@@ -24,7 +25,7 @@ pub fn build_registry(
             epoch_tick: Duration::from_millis(config.epoch_tick_ms),
             ..RuntimeConfig::default()
         },
-        Arc::new(NoLedger),
+        payments,
         runtime_metrics,
     )?;
     Ok(Registry::new(runtime, &config.components_dir)?)
@@ -249,7 +250,8 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&config.data_dir)?;
     raise_open_file_limit();
     let metrics = prometheus::Registry::new();
-    let (registry, _watch) = load_components(&config, &metrics).await?;
+    let payments = crate::policy_payments::PolicyPayments::new();
+    let (registry, _watch) = load_components(&config, &metrics, payments.clone()).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -262,6 +264,7 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         ready_line: format!("weir ready http={http_url}"),
         tasks: Vec::new(),
         orchestrator_server: None,
+        payments: payments.clone(),
     };
     let mut local_orchestrator = None;
     if role.orchestrator() {
@@ -279,6 +282,8 @@ pub async fn run(config: NodeConfig, role: Role) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let refresh = Duration::from_millis(config.payments_refresh_ms);
+    started.tasks.extend(payments.start(refresh).await);
     serve_until_shutdown(&config, role, listener, registry, metrics, started).await
 }
 
@@ -295,6 +300,8 @@ struct Started {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// A combined node's orchestrator, served on its own listener.
     orchestrator_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The payments view of the node's components (each role attaches its ledger).
+    payments: Arc<crate::policy_payments::PolicyPayments>,
 }
 
 /// Build the registry, load the components once (logging those that fail), and watch
@@ -302,8 +309,9 @@ struct Started {
 async fn load_components(
     config: &NodeConfig,
     metrics: &prometheus::Registry,
+    payments: Arc<dyn PaymentsSource>,
 ) -> anyhow::Result<(Arc<Registry>, weir_runtime::WatchGuard)> {
-    let registry = build_registry(config, metrics)?;
+    let registry = build_registry(config, metrics, payments)?;
     let scan_registry = registry.clone();
     let report = tokio::task::spawn_blocking(move || scan_registry.scan()).await?;
     for (name, reason) in &report.failed {
@@ -366,6 +374,9 @@ async fn start_orchestrator(
     started
         .ledgers
         .push(("orchestrator", orchestrator.ledger().clone()));
+    started
+        .payments
+        .attach("orchestrator", orchestrator.ledger().clone());
     let Some(l) = service_listener else {
         started.extra = std::mem::take(&mut started.extra)
             .merge(orchestrator_routes)
@@ -438,6 +449,8 @@ async fn start_gateway(
     .await
     .context("starting the gateway")?;
     started.ledgers.push(("gateway", gateway.ledger().clone()));
+    started.payments.attach("gateway", gateway.ledger().clone());
+    started.payments.use_discovery(gateway.discovery().clone());
     // Components use the gateway's object store unless the orchestrator opened its own.
     crate::objects::provide(registry, gateway.storage().clone());
     started.extra = std::mem::take(&mut started.extra).merge(gateway.router());

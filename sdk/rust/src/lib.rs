@@ -80,6 +80,7 @@ pub mod pipeline {
             "weir:host/log@0.1.0": crate::host::weir::host::log,
             "weir:host/config@0.1.0": crate::host::weir::host::config,
             "weir:host/clock@0.1.0": crate::host::weir::host::clock,
+            "weir:host/payments@0.1.0": crate::host::weir::host::payments,
             "weir:host/media@0.1.0": crate::host::weir::host::media,
             "weir:host/transcode@0.1.0": crate::host::weir::host::transcode,
             "weir:host/models@0.1.0": crate::host::weir::host::models,

@@ -142,7 +142,43 @@ on_both_backends!(
     a_reservation_racing_its_own_retry_holds_once,
     state_survives_reopening_and_stale_reservations_are_released,
     a_restart_releases_only_its_own_reservations,
+    balances_list_every_party_and_account,
 );
+
+async fn balances_list_every_party_and_account(store: &Store) {
+    let l = store.open().await;
+    assert!(l.balances().await.expect("balances").is_empty());
+    l.credit("c1", "alice", "upscale/m1", 100)
+        .await
+        .expect("credit");
+    l.credit("c2", "alice", "upscale/m2", 5)
+        .await
+        .expect("credit");
+    l.credit("c3", "bob", "upscale/m1", 7)
+        .await
+        .expect("credit");
+    l.reserve("j1", "alice", "upscale/m1", "m1", 1, 40)
+        .await
+        .expect("reserve");
+    let mut rows: Vec<(String, String, u64)> = l
+        .balances()
+        .await
+        .expect("balances")
+        .into_iter()
+        .map(|r| (r.party, r.account, r.amount))
+        .collect();
+    rows.sort();
+    let row = |p: &str, a: &str, n| (p.to_owned(), a.to_owned(), n);
+    assert_eq!(
+        rows,
+        [
+            row("alice", "upscale/m1", 60),
+            row("alice", "upscale/m2", 5),
+            row("bob", "upscale/m1", 7)
+        ],
+        "what is reserved is not held"
+    );
+}
 
 /// A caller dropped at any point of a write (a client that went away, a cancelled job)
 /// must leave every pooled connection usable.

@@ -129,6 +129,17 @@ pub struct TotalRow {
     pub amount: u64,
 }
 
+/// One row of [`Ledger::balances`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceRow {
+    /// Sender (orchestrator side) or orchestrator (gateway side).
+    pub party: String,
+    /// The account: `capability/model`, or a capability.
+    pub account: String,
+    /// Base units held.
+    pub amount: u64,
+}
+
 /// How hard a commit waits for the disk (SQLite; PostgreSQL follows its server's
 /// `synchronous_commit`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -245,6 +256,9 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// Totals per (party, capability, model): gateway spend (`spend` entries) or, on the
     /// orchestrator side, settled reservations (what senders were charged).
     async fn totals(&self, what: Totals) -> Result<Vec<TotalRow>, LedgerError>;
+
+    /// Every balance (party and account), in no particular order.
+    async fn balances(&self) -> Result<Vec<BalanceRow>, LedgerError>;
 }
 
 /// How [`open`] opens a ledger.

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::tx::{op, Backend, Tx};
 use super::{
-    insufficient, now_ms, to_i64, to_u64, Balance, Ledger, LedgerError, Reservation, TotalRow,
-    Totals,
+    insufficient, now_ms, to_i64, to_u64, Balance, BalanceRow, Ledger, LedgerError, Reservation,
+    TotalRow, Totals,
 };
 
 /// Apply credit `id`; `true` when applied now, `false` when it was already.
@@ -570,6 +570,29 @@ impl<B: Backend> Ledger for B {
         )
         .await
     }
+
+    async fn balances(&self) -> Result<Vec<BalanceRow>, LedgerError> {
+        self.run(
+            false,
+            op(move |tx| {
+                Box::pin(async move {
+                    let sql = "SELECT sender, capability, balance FROM balances";
+                    let rows = tx.rows(sql, &[]).await?;
+                    rows.into_iter().map(balance_row).collect()
+                })
+            }),
+        )
+        .await
+    }
+}
+
+/// One row of [`Ledger::balances`] from its query.
+fn balance_row(mut r: super::tx::Row) -> Result<BalanceRow, LedgerError> {
+    Ok(BalanceRow {
+        party: r.text(0)?,
+        account: r.text(1)?,
+        amount: to_u64(r.int(2)?),
+    })
 }
 
 /// One row of [`Ledger::totals`] from its query.

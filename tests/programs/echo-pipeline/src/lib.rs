@@ -10,6 +10,11 @@
 //! `weir:host/storage`, reads it back, and answers the object read back, then a `text/plain`
 //! object holding the URL `put` answered; `fetch:KEY` answers the object stored under `KEY`.
 //! A storage error is the job's error.
+//!
+//! Payments: `ledger` answers one `text/plain` object, `balance=B earned=E`: what the job's
+//! sender holds for the job's capability and what this node earned from it, as
+//! `weir:host/payments` reports them; `price:URL` answers `price=P/U CURRENCY`, the current
+//! price of orchestrator URL for the job's capability and model.
 
 use std::cell::Cell;
 
@@ -45,6 +50,28 @@ impl Guest for Echo {
         });
         if let Some(key) = prompt.as_deref().and_then(|p| p.strip_prefix("store:")) {
             return store(key, job);
+        }
+        if prompt.as_deref() == Some("ledger") {
+            let (sender, capability) = (&job.request.sender, &job.request.capability);
+            let balance = weir_sdk::payments::balance(sender, capability)?;
+            let earned = weir_sdk::payments::spent(sender, capability, "")?;
+            let text = format!("balance={balance} earned={earned}");
+            return Ok(JobOutput {
+                blobs: vec![Blob::new("text/plain", text.as_bytes())],
+                params: Vec::new(),
+            });
+        }
+        if let Some(url) = prompt.as_deref().and_then(|p| p.strip_prefix("price:")) {
+            let (capability, model) = (&job.request.capability, &job.request.model);
+            let p = weir_sdk::payments::current_price(url, capability, model)?;
+            let text = format!(
+                "price={}/{} {}",
+                p.price_per_unit, p.pixels_per_unit, p.currency
+            );
+            return Ok(JobOutput {
+                blobs: vec![Blob::new("text/plain", text.as_bytes())],
+                params: Vec::new(),
+            });
         }
         if let Some(key) = prompt.as_deref().and_then(|p| p.strip_prefix("fetch:")) {
             return Ok(JobOutput {
