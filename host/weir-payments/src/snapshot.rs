@@ -132,20 +132,25 @@ impl LedgerSnapshot {
     }
 
     /// Refresh every `every`, when the view was read since the last refresh, until the task
-    /// is aborted; a failed refresh is logged and the last good view kept.
+    /// is aborted; a failed refresh is logged and the last good view kept. Reading the totals
+    /// grows with the ledger (about 0.2 s per 100,000 entries on SQLite), so the ledgers are
+    /// never busy with it more than a tenth of the time: after a refresh that took `t`, the
+    /// next waits at least `10 t`.
     pub fn spawn_refresh(self: Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut wait = every;
             loop {
-                tick.tick().await;
+                tokio::time::sleep(wait).await;
                 if !self.read.swap(false, Ordering::Relaxed) {
                     continue;
                 }
                 let started = Instant::now();
-                match self.refresh().await {
+                let result = self.refresh().await;
+                let took = started.elapsed();
+                wait = every.max(took * 10);
+                match result {
                     Ok(()) => tracing::trace!(
-                        took_ms = started.elapsed().as_millis() as u64,
+                        took_ms = took.as_millis() as u64,
                         "ledger snapshot refreshed"
                     ),
                     Err(e) => {
