@@ -986,12 +986,15 @@ fn orchestrators_refuse_jobs_without_a_valid_payment() {
     };
     let account = format!("text-to-image/{T2I_MODEL}");
     let cost = (64u64 * 64 * 4_768_371).div_ceil(1_000_000);
-    // Paying one unit short: 402 with the balance and the cost, and the payment taken back.
+    // Paying one unit short: 402 with the balance held without the payment (taken back), the
+    // payment and the cost.
     let r = post(Some(wallet.pay("p1", &account, cost - 1, price)));
     assert_eq!(r.status(), 402);
     let msg = detail(&r.json().expect("json"));
     assert!(
-        msg.contains(&format!("holds {}", cost - 1)) && msg.contains(&format!("costs {cost}")),
+        msg.contains("holds 0 for")
+            && msg.contains(&format!("this payment of {} is not applied", cost - 1))
+            && msg.contains(&format!("costs {cost}")),
         "{msg}"
     );
     // Agreeing to a lower price than quoted: 402 naming the price.

@@ -3,6 +3,7 @@
 //! directory, so the credit it held pays for the next job.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -18,20 +19,27 @@ const PRICE: UnitPrice = UnitPrice {
     pixels_per_unit: 1_000_000,
 };
 
-/// `(reserved entries, balance)` of the test wallet for the t2i account in the SQLite ledger
-/// at `path` (read while its process runs).
-fn ledger_state(path: &Path) -> (i64, i64) {
+/// A connection to the SQLite ledger at `path` (its process may be running), with the runtime
+/// to drive it.
+fn open_ledger(path: &Path) -> (tokio::runtime::Runtime, sqlx::SqliteConnection) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(async {
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+    let conn = rt.block_on(
+        sqlx::sqlite::SqliteConnectOptions::new()
             .filename(path)
             .busy_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .expect("open ledger");
+            .connect(),
+    );
+    (rt, conn.expect("open ledger"))
+}
+
+/// `(reserved entries, balance)` of the test wallet for the t2i account in the SQLite ledger
+/// at `path` (read while its process runs).
+fn ledger_state(path: &Path) -> (i64, i64) {
+    let (rt, mut conn) = open_ledger(path);
+    rt.block_on(async {
         let reserved: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE state = 'reserved'")
                 .fetch_one(&mut conn)
@@ -162,4 +170,73 @@ fn a_gateway_reservation_cut_off_by_sigkill_is_released_on_restart() {
     let status = call_through(gw.url.clone()).join().expect("call");
     assert_eq!(status, Ok(200));
     assert_eq!(ledger_state(&ledger).0, 0);
+}
+
+/// The gateway's belief of what it holds with orchestrator `url` for the t2i account, in its
+/// SQLite ledger at `path` (while it runs); set to `to` first when given.
+fn gateway_balance(path: &Path, url: &str, to: Option<i64>) -> i64 {
+    let (rt, mut conn) = open_ledger(path);
+    let account = format!("text-to-image/{T2I_MODEL}");
+    rt.block_on(async {
+        if let Some(to) = to {
+            sqlx::query("UPDATE balances SET balance = ? WHERE sender = ? AND capability = ?")
+                .bind(to)
+                .bind(url)
+                .bind(&account)
+                .execute(&mut conn)
+                .await
+                .expect("update");
+        }
+        sqlx::query_scalar("SELECT balance FROM balances WHERE sender = ? AND capability = ?")
+            .bind(url)
+            .bind(&account)
+            .fetch_one(&mut conn)
+            .await
+            .expect("balance")
+    })
+}
+
+#[test]
+fn a_gateway_that_believes_an_orchestrator_holds_more_than_it_does_writes_it_down_and_pays_again() {
+    let script = Arc::new(Script::default());
+    let runner = scripted_runner(script.clone());
+    let o = Weir::start("orchestrator", &t2i_config(&runner.url, 1), &[]);
+    let gw = gateway_with(&[&o.url], "", "");
+    wait_discovered(&gw, 1);
+    let call = || {
+        let r = client()
+            .post(format!("{}/text-to-image", gw.url))
+            .bearer_auth(CLIENT_TOKEN)
+            .json(&json!({"prompt": "x", "model_id": T2I_MODEL, "width": 64, "height": 64}))
+            .send()
+            .expect("call");
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+    let (status, body) = call();
+    assert_eq!(status, 200, "{body}");
+    let cost = weir_payments::cost(64 * 64, PRICE).expect("cost");
+    let orchestrator_ledger = o.data.path().join("orchestrator-ledger.db");
+    assert_eq!(
+        ledger_state(&orchestrator_ledger).1,
+        0,
+        "all paid was spent"
+    );
+
+    // The gateway now believes the orchestrator holds three quarters of a job that it does not
+    // hold (a payment lost to a crash): it pays only the last quarter and is refused, learns
+    // from the refusal what the orchestrator really holds, and pays the rest.
+    let gateway_ledger = gw.data.path().join("gateway-ledger.db");
+    assert_eq!(gateway_balance(&gateway_ledger, &o.url, None), 0);
+    let believed = i64::try_from(cost * 3 / 4).expect("belief");
+    gateway_balance(&gateway_ledger, &o.url, Some(believed));
+    let (status, body) = call();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        script.hits(),
+        2,
+        "the refused attempt never reached the runner"
+    );
+    // Both ledgers agree again: nothing is held on either side.
+    assert_eq!(ledger_state(&orchestrator_ledger), (0, 0));
+    assert_eq!(gateway_balance(&gateway_ledger, &o.url, None), 0);
 }

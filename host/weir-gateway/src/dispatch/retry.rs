@@ -136,7 +136,13 @@ impl Retries {
             }
             Attempt::Repriced(price) => {
                 self.counted += 1;
-                self.failures.push(format!("{}: price changed", choice.url));
+                // The same price back: the balance was written down to pay it again.
+                let why = if price == choice.price {
+                    "it held less than our ledger"
+                } else {
+                    "price changed"
+                };
+                self.failures.push(format!("{}: {why}", choice.url));
                 if self.repriced.insert(choice.url.clone()) {
                     tracing::info!(orchestrator = %choice.url, ppu = price.price_per_unit, units_per = price.pixels_per_unit, "orchestrator changed its price; trying again at the new price");
                     self.queue.push_front(Choice { price, ..choice });

@@ -16,7 +16,7 @@ use weir_runtime::{ParamValue, WorldKind};
 use super::events::{events_body, JobDebits};
 use super::{Backend, Offered};
 use crate::handler::{err, AiBody};
-use crate::paid::{Order, PaidJob, Payer, Quote};
+use crate::paid::{Meter, Order, PaidJob, Payer, Quote};
 use crate::Orchestrator;
 
 /// What a batch job answered.
@@ -144,10 +144,13 @@ async fn run_request(
                 account,
                 offered: offered.clone(),
                 started,
-                charged_ms: secs.saturating_mul(1000),
+                meter: Meter {
+                    ms: secs.saturating_mul(1000),
+                    charged: charge,
+                },
+                max_ms: units.saturating_mul(1000),
                 seq: 0,
                 finished: false,
-                charged: charge,
             };
             events_body(response, debits, slot, o.byoc().config().debit_interval())
         }

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use weir_models::capacity::Slot;
 
 use super::Offered;
-use crate::paid::{debit_time, Debited};
+use crate::paid::{debit_time, Debited, Meter};
 use crate::Orchestrator;
 
 /// The debits of a batch job whose answer is a stream of server-sent events: every interval
@@ -20,40 +20,31 @@ pub(super) struct JobDebits {
     pub(super) account: String,
     pub(super) offered: Arc<Offered>,
     pub(super) started: Instant,
-    /// Job time already charged.
-    pub(super) charged_ms: u64,
+    /// The job time charged so far and its cost.
+    pub(super) meter: Meter,
+    /// The job time paid for up front (its `timeout_seconds`): never charged beyond.
+    pub(super) max_ms: u64,
     pub(super) seq: u64,
     /// Everything is charged.
     pub(super) finished: bool,
-    /// What the job has cost so far.
-    pub(super) charged: u64,
 }
 
 impl JobDebits {
-    /// Charge the time since the last debit; `Err` says why the balance cannot pay it.
+    /// Charge the time since the last debit, never beyond `max_ms` in all; `Err` says why
+    /// the balance cannot pay it.
     async fn charge_to_now(&mut self) -> Result<(), String> {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let ms = now.saturating_sub(self.charged_ms);
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = elapsed.min(self.max_ms).saturating_sub(self.meter.ms);
         if ms == 0 {
             return Ok(());
         }
         self.seq += 1;
         let id = format!("{}-{}", self.job_id, self.seq);
-        match debit_time(
-            self.o.ledger().as_ref(),
-            &id,
-            &self.sender,
-            &self.account,
-            self.offered.price_per_ms(),
-            ms,
-        )
-        .await
-        {
-            Debited::Charged { cost, .. } => {
-                self.charged_ms = now;
-                self.charged = self.charged.saturating_add(cost);
-                Ok(())
-            }
+        let payer = (self.sender.as_str(), self.account.as_str());
+        let price = self.offered.price_per_ms();
+        let ledger = self.o.ledger().clone();
+        match debit_time(ledger.as_ref(), &id, payer, &mut self.meter, price, ms).await {
+            Debited::Charged { .. } => Ok(()),
             Debited::Short { balance, needed } => Err(format!(
                 "insufficient balance: sender {} holds {balance} for {}, {ms} ms cost {needed}",
                 self.sender, self.account
@@ -72,7 +63,7 @@ impl JobDebits {
             tracing::warn!(job = %self.job_id, error = %e, "the last part of a streamed answer went unpaid");
         }
         self.finished = true;
-        tracing::info!(capability = %self.offered.name, job = %self.job_id, charge = self.charged, ms = self.charged_ms, why, "BYOC job done (events)");
+        tracing::info!(capability = %self.offered.name, job = %self.job_id, charge = self.meter.charged, ms = self.meter.ms, why, "BYOC job done (events)");
     }
 }
 
@@ -87,10 +78,10 @@ impl Drop for JobDebits {
                 account: std::mem::take(&mut self.account),
                 offered: self.offered.clone(),
                 started: self.started,
-                charged_ms: self.charged_ms,
+                meter: self.meter,
+                max_ms: self.max_ms,
                 seq: self.seq,
                 finished: false,
-                charged: self.charged,
             };
             self.finished = true;
             tokio::spawn(async move { rest.finish("the client went away").await });

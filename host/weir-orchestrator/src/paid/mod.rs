@@ -24,7 +24,7 @@ use weir_runtime::{OutputSize, Price};
 use crate::handler::err;
 use crate::Orchestrator;
 
-pub(crate) use debit::{debit_time, Debited};
+pub(crate) use debit::{debit_time, Debited, Meter};
 pub(crate) use scheme::{PaymentScheme, SignedCredits};
 
 /// A verified payment, checked to be for the account of the work it pays for.
@@ -296,7 +296,7 @@ impl Held {
                 ),
                 LedgerError::Insufficient { balance, needed, .. } => err(
                     402,
-                    format!("insufficient balance: sender {} holds {balance} for {account}, the job costs {needed}", payment.sender),
+                    format!("insufficient balance: sender {} holds {balance} for {account} (this payment of {} is not applied), the job costs {needed}", payment.sender, payment.amount),
                 ),
                 other => err(500, format!("ledger: {other}")),
             })?;

@@ -305,7 +305,8 @@ async fn a_job_without_a_result_leaves_the_balance_as_it_was(store: &Store) {
         .await
         .expect("release");
     assert_eq!(l.balance("erin", "llm").await.expect("b").amount, 30);
-    // Short even with the payment: nothing is applied.
+    // Short even with the payment: nothing is applied, and the refusal says what the sender
+    // holds without it (what a gateway writes its belief down to before paying again).
     let err = l
         .credit_and_reserve("p2", 10, "j2", "erin", "llm", "m", 1, 100)
         .await
@@ -314,7 +315,7 @@ async fn a_job_without_a_result_leaves_the_balance_as_it_was(store: &Store) {
         matches!(
             err,
             LedgerError::Insufficient {
-                balance: 40,
+                balance: 30,
                 needed: 100,
                 ..
             }

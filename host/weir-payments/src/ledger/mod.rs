@@ -177,7 +177,8 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 
     /// Credit `amount` under `credit_id` (idempotent, as [`Ledger::credit`]) and reserve
     /// `cost` for job `id`, in one transaction: on [`LedgerError::Insufficient`] neither
-    /// happens. Returns the reservation and whether this call applied the credit.
+    /// happens, and its balance is the one held without the credit. Returns the reservation
+    /// and whether this call applied the credit.
     #[allow(clippy::too_many_arguments)]
     async fn credit_and_reserve(
         &self,

@@ -341,7 +341,23 @@ impl<B: Backend> Ledger for B {
                 Box::pin(async move {
                     let (sender, capability) = (&job.sender, &job.capability);
                     let applied = credit_in(tx, &credit_id, sender, capability, amount).await?;
-                    Ok((reserve_in(tx, &owner, &job).await?, applied))
+                    match reserve_in(tx, &owner, &job).await {
+                        Ok(reservation) => Ok((reservation, applied)),
+                        // The credit is rolled back with the reservation: the balance the
+                        // sender holds is the one without it.
+                        Err(LedgerError::Insufficient {
+                            sender,
+                            capability,
+                            balance,
+                            needed,
+                        }) if applied => Err(LedgerError::Insufficient {
+                            sender,
+                            capability,
+                            balance: balance.saturating_sub(amount),
+                            needed,
+                        }),
+                        Err(e) => Err(e),
+                    }
                 })
             }),
         )

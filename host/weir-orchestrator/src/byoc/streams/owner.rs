@@ -18,7 +18,7 @@ use super::worker::stop_worker;
 use super::{Channels, Command, ControlMessage, StreamStatus, UpdateReply};
 use crate::byoc::{Backend, Offered};
 use crate::handler::err;
-use crate::paid::{debit_time, Debited};
+use crate::paid::{debit_time, Debited, Meter};
 use crate::Orchestrator;
 
 /// The single owner of a running stream's state.
@@ -87,9 +87,8 @@ impl Owner {
         // of it at the end), then tear everything down.
         if !failed {
             clock.ticks += 1;
-            let _ = self
-                .debit(clock.ticks, clock.last_debit.elapsed().as_millis() as u64)
-                .await;
+            let ms = clock.last_debit.elapsed().as_millis() as u64;
+            let _ = self.debit(clock.ticks, &mut clock.meter, ms).await;
         }
         let _ = stop_tx.send(true);
         if let Some(m) = media {
@@ -152,7 +151,7 @@ impl Owner {
             clock.last_debit = Instant::now();
             return None;
         }
-        match self.debit(clock.ticks, ms).await {
+        match self.debit(clock.ticks, &mut clock.meter, ms).await {
             Ok(()) => {
                 clock.last_debit = Instant::now();
                 clock.warned = false;
@@ -213,19 +212,13 @@ impl Owner {
         }
     }
 
-    /// Debit `ms` of stream time. `Err(Some(why))` when the balance is short.
-    async fn debit(&self, tick: u64, ms: u64) -> Result<(), Option<String>> {
+    /// Debit `ms` more of stream time, counted on `meter`. `Err(Some(why))` when the balance
+    /// is short.
+    async fn debit(&self, tick: u64, meter: &mut Meter, ms: u64) -> Result<(), Option<String>> {
         let id = format!("stream-{}-{}-{tick}", self.stream_id, self.o.boot_id());
-        match debit_time(
-            self.o.ledger().as_ref(),
-            &id,
-            &self.sender,
-            &self.account,
-            self.offered.price_per_ms(),
-            ms,
-        )
-        .await
-        {
+        let payer = (self.sender.as_str(), self.account.as_str());
+        let price = self.offered.price_per_ms();
+        match debit_time(self.o.ledger().as_ref(), &id, payer, meter, price, ms).await {
             Debited::Charged { cost, balance } => {
                 let mut s = self.status.lock();
                 s.charged += cost;
@@ -305,6 +298,8 @@ struct DebitClock {
     tick: tokio::time::Interval,
     last_debit: Instant,
     ticks: u64,
+    /// The stream time debited so far and its cost.
+    meter: Meter,
     /// The sender was warned that the balance is short.
     warned: bool,
     /// Output segments and errors at the last tick.
@@ -319,6 +314,7 @@ impl DebitClock {
             tick,
             last_debit: Instant::now(),
             ticks: 0,
+            meter: Meter::default(),
             warned: false,
             progress,
         }
