@@ -6,8 +6,7 @@ SHELL := /bin/bash
 TOOLS        := .tools
 NODE_TOOLS   := $(TOOLS)/node
 PY_TOOLS     := $(TOOLS)/py
-COMPONENTIZE_JS_VERSION := 0.23.0
-COMPONENTIZE_PY_VERSION := 0.25.1
+include sdk/toolchain.mk
 BUILD        := build
 DATA_DIR     ?= weir-data
 HTTP_ADDR    ?= 127.0.0.1:8935

@@ -50,8 +50,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="weir-py-build-") as scratch_dir:
         scratch = Path(scratch_dir)
         # Build from copies: componentize-py writes __pycache__ next to the sources it loads.
+        # A project's own SDK copy and tools (.weir/), and version control, are not guest code.
         shutil.copytree(app_dir, scratch / "app",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.wasm"))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.wasm", ".weir", ".git"))
         (scratch / "sdk").mkdir()
         shutil.copy2(SDK_DIR / "weir_sdk.py", scratch / "sdk" / "weir_sdk.py")
         raw = scratch / "component.wasm"

@@ -21,14 +21,7 @@ pub(crate) fn node_with(extra: &str) -> Weir {
     let config = format!("{extra}[gateway]\nopen = true\nrefresh_secs = 1\n");
     let node = with_pipelines("node", &config);
     let offered = eventually(Duration::from_secs(30), || {
-        let v: Value = client()
-            .get(format!("{}/gateway/orchestrators", node.url))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        let models = v["orchestrators"][0]["info"]["models"].as_array()?.len();
-        (models >= 2).then_some(())
+        (offered_models(&node).len() >= 2).then_some(())
     });
     assert!(offered.is_some(), "the gateway never saw the pipelines");
     node

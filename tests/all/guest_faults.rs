@@ -67,18 +67,11 @@ fn misbehaving(mode: &str, timeout_ms: u64, extra_config: &str) -> String {
 /// Wait until the node's gateway sees its own orchestrator with the upscale model.
 fn wait_offered(node: &Weir) {
     let seen = eventually(Duration::from_secs(30), || {
-        let v: Value = client()
-            .get(format!("{}/gateway/orchestrators", node.url))
-            .send()
-            .ok()?
-            .json()
-            .ok()?;
-        let offered = v["orchestrators"].as_array()?.iter().any(|o| {
-            o["info"]["models"]
-                .as_array()
-                .is_some_and(|m| m.iter().any(|m| m["model_id"] == UPSCALE_MODEL))
-        });
-        offered.then_some(())
+        let models = offered_models(node);
+        models
+            .iter()
+            .any(|m| m["model_id"] == UPSCALE_MODEL)
+            .then_some(())
     });
     assert!(seen.is_some(), "the gateway never saw the upscale model");
 }

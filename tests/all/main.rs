@@ -10,6 +10,8 @@ mod byoc;
 mod byoc_billing;
 mod byoc_swaps;
 mod cli;
+mod component_models;
+mod component_new;
 mod component_payments;
 mod component_storage;
 mod components;

@@ -123,6 +123,24 @@ pub fn context(in_flight: u32, capacity: u32) -> QuoteContext {
     }
 }
 
+/// Every model the node's gateway sees its orchestrators offer (`/gateway/orchestrators`);
+/// empty while it sees none.
+pub fn offered_models(node: &Weir) -> Vec<Value> {
+    let seen: Option<Value> = client()
+        .get(format!("{}/gateway/orchestrators", node.url))
+        .send()
+        .ok()
+        .and_then(|r| r.json().ok());
+    seen.as_ref()
+        .and_then(|v| v["orchestrators"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["info"]["models"].as_array())
+        .flatten()
+        .cloned()
+        .collect()
+}
+
 /// Poll `f` until it returns `Some`, for at most `limit`.
 pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();

@@ -36,6 +36,13 @@ pub(crate) struct ModelSlot {
     timeout: std::time::Duration,
 }
 
+impl ModelSlot {
+    /// How long one job may run.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+}
+
 /// The runners of every model `config` lists, or why one cannot be had.
 pub(crate) fn build_models(
     config: &OrchestratorConfig,

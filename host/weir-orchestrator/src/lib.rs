@@ -25,6 +25,7 @@
 mod ai;
 pub mod byoc;
 pub mod config;
+mod guest_models;
 mod handler;
 mod paid;
 pub mod runners;

@@ -154,6 +154,27 @@ impl Orchestrator {
         })
     }
 
+    /// The configured models as components see them (`models.invoke`), run on the current
+    /// async runtime.
+    pub fn guest_models(&self) -> Arc<dyn weir_runtime::ModelSource> {
+        let models = self
+            .inner
+            .models
+            .iter()
+            .map(|m| crate::guest_models::GuestModel {
+                capability: m.capability,
+                model_id: m.model_id.clone(),
+                runner: (m.kind != "wasm").then(|| m.runner.clone()),
+                capacity: m.capacity.clone(),
+                timeout: m.timeout(),
+            })
+            .collect();
+        Arc::new(crate::guest_models::GuestModels {
+            models,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+
     /// The verified payment of a request, as the orchestrator's payment scheme sees it.
     pub(crate) fn payment(&self, headers: &HeaderMap) -> Result<Payment, AiHttpError> {
         self.inner.payments.verify(headers)

@@ -73,6 +73,7 @@ pub struct Runtime {
     payments: Arc<dyn PaymentsSource>,
     media: crate::host::MediaSlot,
     storage: crate::storage::StorageSlot,
+    models: crate::models::ModelSlot,
     metrics: RuntimeMetrics,
     ticker_stop: Arc<AtomicBool>,
     call_slots: Arc<tokio::sync::Semaphore>,
@@ -99,6 +100,12 @@ impl Runtime {
     /// loaded. Only the first call counts; returns whether this one did.
     pub fn provide_storage(&self, storage: Arc<dyn crate::storage::ComponentStorage>) -> bool {
         self.storage.set(storage).is_ok()
+    }
+
+    /// Give components the node's model runners (`weir:host/models.invoke`), also those
+    /// already loaded. Only the first call counts; returns whether this one did.
+    pub fn provide_models(&self, models: Arc<dyn crate::models::ModelSource>) -> bool {
+        self.models.set(models).is_ok()
     }
 
     /// Build the engine and linkers and start the epoch ticker.
@@ -164,6 +171,7 @@ impl Runtime {
             payments,
             media: Default::default(),
             storage: Default::default(),
+            models: Default::default(),
             metrics,
             ticker_stop,
             call_slots,
@@ -241,6 +249,8 @@ impl Runtime {
                 payments: self.payments.clone(),
                 media: self.media.clone(),
                 storage: self.storage.clone(),
+                models: self.models.clone(),
+                model_grants: manifest.permissions.models.clone().into(),
                 storage_object_bytes: u64::from(manifest.limits.storage_object_kib) * 1024,
             },
             permissions,

@@ -11,6 +11,7 @@ use crate::bindings::types::{Error as GuestError, Param, Price};
 use crate::bindings::{clock, config, log, media, models, payments, storage, transcode};
 use crate::limits::Limiter;
 use crate::media::{read_range, Blob, Segment};
+use crate::models::{granted, ModelSlot};
 use crate::storage::{namespaced, ComponentStorage, StorageSlot};
 
 /// Longest guest log message kept, in bytes.
@@ -88,6 +89,10 @@ pub(crate) struct ComponentScope {
     pub storage: StorageSlot,
     /// Largest object the component may store, in bytes.
     pub storage_object_bytes: u64,
+    /// The node's model runners.
+    pub models: ModelSlot,
+    /// The models the manifest grants (`capability/model-id`, `capability/*`).
+    pub model_grants: Arc<[String]>,
 }
 
 /// The data of one wasmtime store: one live instance of a component.
@@ -330,10 +335,44 @@ impl models::Host for HostState {
         &mut self,
         capability: String,
         model_id: String,
-        _params: Vec<Param>,
-        _inputs: Vec<Resource<Blob>>,
+        params: Vec<Param>,
+        inputs: Vec<Resource<Blob>>,
     ) -> wasmtime::Result<Result<models::ModelOutput, GuestError>> {
-        unsupported(&format!("model runner for `{capability}` / `{model_id}`"))
+        let component = self.scope.name.clone();
+        if !granted(&self.scope.model_grants, &capability, &model_id) {
+            return Ok(Err(GuestError::Denied(format!(
+                "component `{component}` may not run model {capability}/{model_id}: add it to [permissions] models"
+            ))));
+        }
+        let Some(runners) = self.scope.models.get().cloned() else {
+            return unsupported(&format!(
+                "model {capability}/{model_id} (no model runners on this node)"
+            ));
+        };
+        let mut blobs = Vec::with_capacity(inputs.len());
+        for handle in &inputs {
+            blobs.push(self.table.get(handle)?.clone());
+        }
+        let (outputs, params) =
+            match runners.invoke(&capability, &model_id, &params, blobs, self.deadline) {
+                Ok(out) => out,
+                Err(e) => return Ok(Err(e)),
+            };
+        let mut handles = Vec::with_capacity(outputs.len());
+        for blob in outputs {
+            handles.push(self.push_blob(blob)?);
+        }
+        tracing::debug!(
+            component = &*component,
+            capability,
+            model_id,
+            outputs = handles.len(),
+            "component ran a model"
+        );
+        Ok(Ok(models::ModelOutput {
+            blobs: handles,
+            params,
+        }))
     }
 }
 

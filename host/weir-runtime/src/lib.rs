@@ -23,6 +23,7 @@
 //! ```
 
 pub mod bindings;
+pub mod blocking;
 mod cache;
 mod component;
 mod engine;
@@ -34,6 +35,7 @@ mod limits;
 mod manifest;
 pub mod media;
 mod metrics;
+pub mod models;
 mod registry;
 pub mod storage;
 
@@ -52,5 +54,6 @@ pub use manifest::{
     MAX_STORAGE_OBJECT_KIB,
 };
 pub use metrics::RuntimeMetrics;
+pub use models::ModelSource;
 pub use registry::{LoadStatus, Registry, ScanReport, WatchGuard};
 pub use storage::{ComponentStorage, ObjectStorage};

@@ -171,6 +171,9 @@ pub struct Permissions {
     pub network: Vec<std::net::SocketAddr>,
     /// Whether its stdout/stderr go to the host's stderr (discarded by default).
     pub stdio: bool,
+    /// Models it may run through `weir:host/models.invoke`: `capability/model-id`, or
+    /// `capability/*` for every model of a capability.
+    pub models: Vec<String>,
 }
 
 /// A component's manifest as written (limits not yet completed with the world's defaults).
@@ -341,6 +344,14 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(bad) = self.permissions.models.iter().find(|g| {
+            g.split_once('/')
+                .is_none_or(|(c, m)| c.is_empty() || m.is_empty())
+        }) {
+            return Err(format!(
+                "permissions.models entry `{bad}` must be `capability/model-id` or `capability/*`"
+            ));
+        }
         Ok(())
     }
 
@@ -404,6 +415,12 @@ mod tests {
         );
         let err = Manifest::parse("name = \"a\"\nworld = \"routr\"\n", None).unwrap_err();
         assert!(err.to_string().contains("routr"), "{err}");
+        let err = Manifest::parse(
+            "name = \"a\"\nworld = \"pipeline\"\n[permissions]\nmodels = [\"upscale\"]\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`upscale` must be"), "{err}");
         let err = Manifest::parse(
             "name = \"a\"\nworld = \"router\"\n[limits]\ntimeout_ms = 0\n",
             None,

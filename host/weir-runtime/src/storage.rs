@@ -11,7 +11,6 @@
 //! call waits there for the async object store, never longer than what is left of the guest
 //! call's deadline.
 
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -75,41 +74,24 @@ impl ObjectStorage {
         }
     }
 
-    /// Run `work` on the async runtime and wait for it on this thread until `deadline`; work
-    /// still running then is aborted.
+    /// Run `work` on the async runtime until `deadline`, its error made a guest error.
     fn wait<T: Send + 'static>(
         &self,
         what: &str,
         deadline: Instant,
         work: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
     ) -> Result<T, GuestError> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(GuestError::Internal(format!(
-                "storage {what}: the call's deadline has passed"
-            )));
-        }
-        let (tx, rx) = sync_channel(1);
-        let task = self.handle.spawn(async move {
-            let _ = tx.send(work.await);
-        });
-        match rx.recv_timeout(left) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.is_invalid_input() => {
-                Err(GuestError::InvalidRequest(format!("storage {what}: {e}")))
-            }
-            Ok(Err(e)) => Err(GuestError::Internal(format!("storage {what}: {e}"))),
-            Err(RecvTimeoutError::Timeout) => {
-                task.abort();
-                Err(GuestError::Internal(format!(
-                    "storage {what}: the object store did not answer within the {} ms the call had left",
-                    left.as_millis()
-                )))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(GuestError::Internal(format!(
-                "storage {what}: the object store's task ended without an answer"
-            ))),
-        }
+        let what = format!("storage {what}");
+        let label = what.clone();
+        crate::blocking::run_until(&self.handle, &what, deadline, async move {
+            work.await.map_err(|e| {
+                if e.is_invalid_input() {
+                    GuestError::InvalidRequest(format!("{label}: {e}"))
+                } else {
+                    GuestError::Internal(format!("{label}: {e}"))
+                }
+            })
+        })
     }
 }
 
@@ -262,7 +244,7 @@ mod tests {
             .expect_err("no answer");
         let took = started.elapsed();
         assert!(
-            matches!(&err, GuestError::Internal(m) if m.contains("did not answer within")),
+            matches!(&err, GuestError::Internal(m) if m.contains("no answer within")),
             "{err:?}"
         );
         assert!(took < Duration::from_secs(5), "waited {took:?}");

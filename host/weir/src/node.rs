@@ -364,6 +364,9 @@ async fn start_orchestrator(
     if let Some(media) = orchestrator.guest_media() {
         registry.runtime().provide_media(media);
     }
+    registry
+        .runtime()
+        .provide_models(orchestrator.guest_models());
     let objects = crate::objects::ObjectSlot::default();
     if crate::objects::own_store(config, role.gateway()) {
         let storage = crate::objects::open(config, &service_url).await?;

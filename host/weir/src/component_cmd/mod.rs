@@ -1,7 +1,10 @@
-//! `weir component build|check|list`.
+//! `weir component new|build|check|list`.
+
+mod build;
+mod new;
+mod sdk;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context as _};
 use weir_runtime::{Manifest, NoLedger, Runtime, RuntimeConfig, RuntimeMetrics, WorldKind};
@@ -9,6 +12,20 @@ use weir_runtime::{Manifest, NoLedger, Runtime, RuntimeConfig, RuntimeMetrics, W
 /// `weir component …` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum ComponentCmd {
+    /// Start a component project that builds with `weir component build` and loads as is.
+    New {
+        /// The component's name (a-z, 0-9, '-', '_'; starting with a letter).
+        name: String,
+        /// The world it implements.
+        #[arg(long)]
+        world: WorldKind,
+        /// The language it is written in.
+        #[arg(long)]
+        lang: new::Lang,
+        /// Where the project's directory (NAME) is created.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Build a component from source (Rust crate, JavaScript or Python) and check it.
     Build {
         /// Source directory holding `NAME.toml` and a `Cargo.toml`, a `.js` or an `app.py`.
@@ -16,12 +33,13 @@ pub enum ComponentCmd {
         /// Where `NAME.wasm` and `NAME.toml` are written.
         #[arg(long, default_value = "build/components")]
         out: PathBuf,
-        /// The repository's `sdk/` directory (build scripts for JS and Python).
-        #[arg(long, env = "WEIR_SDK_DIR", default_value = "sdk")]
-        sdk_dir: PathBuf,
-        /// The `wit/` directory.
-        #[arg(long, env = "WEIR_WIT_DIR", default_value = "wit")]
-        wit_dir: PathBuf,
+        /// The SDK's `sdk/` directory (default: the project's `.weir/sdk`, else `./sdk`, else
+        /// the copy this binary carries).
+        #[arg(long, env = "WEIR_SDK_DIR")]
+        sdk_dir: Option<PathBuf>,
+        /// The `wit/` directory (found like `--sdk-dir`).
+        #[arg(long, env = "WEIR_WIT_DIR")]
+        wit_dir: Option<PathBuf>,
     },
     /// Print a component's imports and exports and the worlds it satisfies.
     Check {
@@ -53,12 +71,18 @@ pub fn run(cmd: ComponentCmd) -> anyhow::Result<()> {
     match cmd {
         ComponentCmd::Check { wasm, world } => check(&wasm, world),
         ComponentCmd::List { dir } => list(&dir),
+        ComponentCmd::New {
+            name,
+            world,
+            lang,
+            dir,
+        } => new::scaffold(&name, world, lang, &dir),
         ComponentCmd::Build {
             dir,
             out,
             sdk_dir,
             wit_dir,
-        } => build(&dir, &out, &sdk_dir, &wit_dir),
+        } => build::build(&dir, &out, &build::SdkDirs::find(&dir, sdk_dir, wit_dir)?),
     }
 }
 
@@ -138,102 +162,4 @@ fn list(dir: &Path) -> anyhow::Result<()> {
         bail!("{failures} component(s) failed to load");
     }
     Ok(())
-}
-
-fn run_tool(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
-fn build(dir: &Path, out: &Path, sdk_dir: &Path, wit_dir: &Path) -> anyhow::Result<()> {
-    let manifest_path = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.extension().is_some_and(|x| x == "toml")
-                && p.file_name().is_some_and(|n| n != "Cargo.toml")
-        })
-        .with_context(|| format!("{} has no component manifest (NAME.toml)", dir.display()))?;
-    let manifest = Manifest::load(&manifest_path)?;
-    std::fs::create_dir_all(out)?;
-    let wasm_out = manifest.wasm_path(out);
-    if dir.join("Cargo.toml").is_file() {
-        run_tool(
-            Command::new("cargo")
-                .args([
-                    "build",
-                    "--release",
-                    "--target",
-                    "wasm32-wasip2",
-                    "--manifest-path",
-                ])
-                .arg(dir.join("Cargo.toml")),
-        )?;
-        let metadata = Command::new("cargo")
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--manifest-path",
-            ])
-            .arg(dir.join("Cargo.toml"))
-            .output()?;
-        let meta: serde_json::Value =
-            serde_json::from_slice(&metadata.stdout).context("cargo metadata")?;
-        let target_dir = meta["target_directory"]
-            .as_str()
-            .context("cargo metadata: target_directory")?;
-        let crate_name = crate_name(&dir.join("Cargo.toml"))?;
-        let built = Path::new(target_dir)
-            .join("wasm32-wasip2/release")
-            .join(format!("{crate_name}.wasm"));
-        std::fs::copy(&built, &wasm_out).with_context(|| format!("copying {}", built.display()))?;
-    } else if let Some(js) = find_ext(dir, "js")? {
-        run_tool(
-            Command::new("node")
-                .arg(sdk_dir.join("js/build.mjs"))
-                .arg("--wit")
-                .arg(wit_dir)
-                .args(["--world", manifest.world.as_str(), "--source"])
-                .arg(&js)
-                .arg("--out")
-                .arg(&wasm_out),
-        )?;
-    } else if dir.join("app.py").is_file() {
-        run_tool(
-            Command::new("python3")
-                .arg(sdk_dir.join("python/build.py"))
-                .arg("--wit")
-                .arg(wit_dir)
-                .args(["--world", manifest.world.as_str(), "--app-dir"])
-                .arg(dir)
-                .args(["--module", "app", "--out"])
-                .arg(&wasm_out),
-        )?;
-    } else {
-        bail!("{} has no Cargo.toml, .js file or app.py", dir.display());
-    }
-    std::fs::copy(&manifest_path, out.join(format!("{}.toml", manifest.name)))?;
-    check(&wasm_out, Some(manifest.world))
-}
-
-fn crate_name(cargo_toml: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(cargo_toml)?;
-    let value: toml::Value = toml::from_str(&text)?;
-    let name = value
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-        .context("Cargo.toml has no package.name")?;
-    Ok(name.replace('-', "_"))
-}
-
-fn find_ext(dir: &Path, ext: &str) -> anyhow::Result<Option<PathBuf>> {
-    Ok(std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == ext)))
 }

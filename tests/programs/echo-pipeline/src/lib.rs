@@ -15,6 +15,10 @@
 //! sender holds for the job's capability and what this node earned from it, as
 //! `weir:host/payments` reports them; `price:URL` answers `price=P/U CURRENCY`, the current
 //! price of orchestrator URL for the job's capability and model.
+//!
+//! Models: `model:CAPABILITY/MODEL` runs that model of the node (`weir:host/models.invoke`)
+//! on the job's inputs with the prompt `weir` and answers its outputs; a model error is the
+//! job's error.
 
 use std::cell::Cell;
 
@@ -71,6 +75,19 @@ impl Guest for Echo {
             return Ok(JobOutput {
                 blobs: vec![Blob::new("text/plain", text.as_bytes())],
                 params: Vec::new(),
+            });
+        }
+        if let Some(target) = prompt.as_deref().and_then(|p| p.strip_prefix("model:")) {
+            let (capability, model) = target.split_once('/').unwrap_or((target, ""));
+            let inputs: Vec<&Blob> = job.inputs.iter().collect();
+            let prompt = Param {
+                name: "prompt".into(),
+                value: ParamValue::Text("weir".into()),
+            };
+            let out = weir_sdk::models::invoke(capability, model, &[prompt], &inputs)?;
+            return Ok(JobOutput {
+                blobs: out.blobs,
+                params: out.params,
             });
         }
         if let Some(key) = prompt.as_deref().and_then(|p| p.strip_prefix("fetch:")) {
