@@ -125,7 +125,10 @@ $(BUILD)/components/%.toml: guests/$$*/$$*.toml
 
 ## Examples in other languages: build/examples/NAME.{wasm,toml}
 examples: $(BUILD)/examples/pricing-surge-js.wasm $(BUILD)/examples/router-region-py.wasm \
-	$(BUILD)/examples/pipeline-fps-js.wasm
+	$(BUILD)/examples/pipeline-fps-js.wasm $(BUILD)/examples/pipeline-chain-rs.wasm
+
+$(BUILD)/examples/pipeline-chain-rs.wasm: $(TOOLS)/.rust-target $(WIT) $(SDK_RUST) $(wildcard examples/pipeline-chain-rs/src/*.rs examples/pipeline-chain-rs/*.toml)
+	examples/pipeline-chain-rs/build.sh $(BUILD)/examples
 
 $(BUILD)/examples/pricing-surge-js.wasm: $(TOOLS)/.node $(WIT) $(wildcard examples/pricing-surge-js/*) $(wildcard sdk/js/*)
 	examples/pricing-surge-js/build.sh $(BUILD)/examples
@@ -152,15 +155,18 @@ lint: $(TOOLS)/.apt $(TOOLS)/.rust-target
 	cargo fmt --manifest-path guests/Cargo.toml --all --check
 	cargo fmt --manifest-path tests/programs/Cargo.toml --all --check
 	cargo fmt --manifest-path sdk/rust/Cargo.toml --check
+	cargo fmt --manifest-path examples/pipeline-chain-rs/Cargo.toml --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --manifest-path guests/Cargo.toml --workspace --target $(WASM_TARGET) --quiet -- -D warnings
 	cargo clippy --manifest-path tests/programs/Cargo.toml --workspace --target $(WASM_TARGET) --quiet -- -D warnings
+	cargo clippy --manifest-path examples/pipeline-chain-rs/Cargo.toml --target $(WASM_TARGET) --quiet -- -D warnings
 
 fmt:
 	cargo fmt --all
 	cargo fmt --manifest-path guests/Cargo.toml --all
 	cargo fmt --manifest-path tests/programs/Cargo.toml --all
 	cargo fmt --manifest-path sdk/rust/Cargo.toml
+	cargo fmt --manifest-path examples/pipeline-chain-rs/Cargo.toml
 
 ## Tests: unit tests of the guests, then the host workspace (unit + integration; the shared
 ## policy logic, host/weir-policy, is a member).
@@ -170,6 +176,7 @@ PG_TEST_DB   := weir_test
 
 test: tools artifacts lint test-db
 	cargo test --manifest-path guests/Cargo.toml -p live-scale
+	cargo test --quiet --manifest-path examples/pipeline-chain-rs/Cargo.toml
 	node --test examples/pipeline-fps-js/
 	$(ORT_ENV) CI=true WEIR_FUZZ_SEED=20261202 WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed \
 		M3U8_PYTHON=$(CURDIR)/$(PY_TOOLS)/bin/python cargo test --workspace
@@ -208,6 +215,7 @@ bench: tools guests examples models
 	./target/release/weir bench transcode
 	./target/release/weir bench jobs
 	./target/release/weir bench trickle
+	$(ORT_ENV) ./target/release/weir bench pipeline --components $(BUILD)/components --examples $(BUILD)/examples --model $(BUILD)/models/upscale-2x.onnx
 
 clean:
 	rm -rf $(BUILD) target guests/target tests/programs/target

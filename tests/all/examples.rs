@@ -77,3 +77,53 @@ fn python_router_prefers_its_region_then_latency() {
     let err = router.select(&request("r"), &[]).unwrap_err().to_string();
     assert!(err.contains("no-candidates"), "{err}");
 }
+
+#[test]
+fn the_rust_chain_pipeline_upscales_twice_through_the_ai_api_and_stores_the_result() {
+    let config = format!(
+        "[gateway]\nopen = true\nrefresh_secs = 1\n[[orchestrator.models]]\npipeline = \"upscale\"\nmodel_id = \"{}\"\nrunner = \"onnx\"\nmodel_path = \"{}\"\nonnxruntime = \"{}\"\ncapacity = 1\n[[orchestrator.models]]\npipeline = \"image-to-image\"\nmodel_id = \"chain\"\nrunner = \"wasm\"\ncomponent = \"pipeline-chain-rs\"\n",
+        crate::ai::UPSCALE_MODEL,
+        artifact("models/upscale-2x.onnx").display(),
+        crate::ai::onnxruntime()
+    );
+    let node = Weir::start_with("node", &config, &[], |dir| {
+        let manifest =
+            std::fs::read_to_string(artifact("examples/pipeline-chain-rs.toml")).expect("manifest");
+        place(
+            dir,
+            "pipeline-chain-rs",
+            &artifact("examples/pipeline-chain-rs.wasm"),
+            &manifest,
+        );
+    });
+    let offered = eventually(std::time::Duration::from_secs(30), || {
+        (offered_models(&node).len() >= 2).then_some(())
+    });
+    assert!(offered.is_some(), "the gateway never saw the models");
+    let (status, body, png) =
+        crate::component_storage::image_to_image(&node, "chain", "a sharper photo");
+    assert_eq!(status, 200, "{body}");
+    let url = body["images"][0]["url"].as_str().expect("url");
+    let (status, out) = crate::component_storage::get_bytes(url);
+    assert_eq!(status, 200);
+    // The 2x upscaler twice.
+    let (w, h) = crate::ai::png_size(&png);
+    assert_eq!(crate::ai::png_size(&out), (4 * w, 4 * h));
+    // The result is stored in the component's namespace, as answered.
+    let stored = node
+        .data
+        .path()
+        .join("objects/components/pipeline-chain-rs/outputs");
+    let files: Vec<_> = std::fs::read_dir(&stored)
+        .expect("outputs")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    // (The local store keeps the content type in a line before the bytes.)
+    let stored = std::fs::read(&files[0]).expect("stored");
+    assert!(
+        files[0].extension().is_some_and(|e| e == "png") && stored.ends_with(&out),
+        "{}",
+        files[0].display()
+    );
+}

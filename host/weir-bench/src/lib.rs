@@ -3,11 +3,14 @@
 //! The `weir` binary's `bench` subcommand is [`BenchCmd`], run by [`run`]. Each benchmark owns
 //! its module: `policy` (WASM policies against the same `weir-policy` code compiled natively),
 //! `gateway` (the gateway hop and the ONNX upscaler), `jobs` (durable job submits), `trickle`
-//! (the trickle relay), `transcode` and `live` (the transcoder and live latency).
+//! (the trickle relay), `transcode` and `live` (the transcoder and live latency), `pipeline` (a
+//! model run through a pipeline component against the same model served directly).
 
 mod gateway;
 mod jobs;
 mod live;
+mod node;
+mod pipeline;
 mod policy;
 mod transcode;
 mod trickle;
@@ -36,6 +39,9 @@ pub enum BenchCmd {
     /// Latency and throughput added by the gateway hop against calling the orchestrator
     /// directly, and the ONNX upscaler against onnxruntime's Python package.
     Gateway(gateway::GatewayBench),
+    /// A model (the ONNX upscaler) run through a pipeline component (`weir:host/models`)
+    /// against the same model served directly, on the same node and images.
+    Pipeline(pipeline::PipelineArgs),
     /// Durable job submits per second and their latency on SQLite and PostgreSQL against raw
     /// `INSERT`s of the same rows.
     Jobs(jobs::JobsArgs),
@@ -83,6 +89,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         ),
         BenchCmd::Gateway(args) => gateway::run(args),
         BenchCmd::Jobs(args) => jobs::run(args),
+        BenchCmd::Pipeline(args) => pipeline::run(args),
         BenchCmd::Trickle(args) => trickle::run(args),
         BenchCmd::Transcode {
             seconds,

@@ -3,7 +3,6 @@
 //! for each segment, the time from when its last frame was published to when it is listed,
 //! for the source and for each rendition of the ladder.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,32 +45,13 @@ fn extinfs(text: &str) -> (Vec<f64>, bool) {
 /// Publish `seconds` of 720p30 in real time and measure when each segment is listed.
 pub fn run(components: &Path, seconds: u32, segment_secs: f64) -> anyhow::Result<String> {
     let data = tempfile::tempdir()?;
-    let dir = data.path().join("components");
-    std::fs::create_dir_all(&dir)?;
-    for name in ["default-router", "default-pricing"] {
-        for ext in ["wasm", "toml"] {
-            let from = components.join(format!("{name}.{ext}"));
-            std::fs::copy(&from, dir.join(format!("{name}.{ext}")))
-                .with_context(|| format!("{} (run `make guests`)", from.display()))?;
-        }
-    }
+    crate::node::place_defaults(components, &data.path().join("components"))?;
     let config = data.path().join("weir.toml");
     std::fs::write(
         &config,
         format!("[gateway]\nopen = true\nrtmp_addr = \"127.0.0.1:0\"\nsegment_secs = {segment_secs}\nhls_window = 100\n"),
     )?;
-    let mut node = Command::new(std::env::current_exe()?)
-        .arg("node")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--http-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting weir node")?;
+    let mut node = crate::node::spawn(&config, data.path(), Stdio::null())?;
     let result = measure(&mut node, seconds, segment_secs);
     let _ = node.kill();
     let _ = node.wait();
@@ -84,7 +64,9 @@ fn measure(
     seconds: u32,
     segment_secs: f64,
 ) -> anyhow::Result<String> {
-    let (http, rtmp) = node_addresses(node)?;
+    let [http, rtmp]: [String; 2] = crate::node::addresses(node, &["http", "rtmp"])?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two addresses"))?;
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
@@ -101,21 +83,6 @@ fn measure(
     }
     let listed = listings(&names, &seen, &durations, segment_secs);
     Ok(report(&listed, seconds, segment_secs))
-}
-
-/// The node's HTTP and RTMP addresses, from the line it prints on stdout once listening.
-fn node_addresses(node: &mut std::process::Child) -> anyhow::Result<(String, String)> {
-    let mut line = String::new();
-    BufReader::new(node.stdout.take().context("node stdout")?).read_line(&mut line)?;
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{key}=")))
-            .map(str::to_owned)
-    };
-    let (Some(http), Some(rtmp)) = (field("http"), field("rtmp")) else {
-        bail!("weir node did not start: {line:?}");
-    };
-    Ok((http, rtmp))
 }
 
 /// Wait (up to 30 s) for the node's own orchestrator to be discovered.
