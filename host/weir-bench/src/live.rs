@@ -70,7 +70,11 @@ fn measure(
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    wait_for_orchestrator(&client, &http)?;
+    crate::node::wait_until(&client, &http, "discovering the node's orchestrator", |v| {
+        v["orchestrators"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| !o["info"].is_null()))
+    })?;
 
     let started = Instant::now();
     let mut publisher = publish(&rtmp, seconds, segment_secs)?;
@@ -83,28 +87,6 @@ fn measure(
     }
     let listed = listings(&names, &seen, &durations, segment_secs);
     Ok(report(&listed, seconds, segment_secs))
-}
-
-/// Wait (up to 30 s) for the node's own orchestrator to be discovered.
-fn wait_for_orchestrator(client: &reqwest::blocking::Client, http: &str) -> anyhow::Result<()> {
-    let ready = Instant::now();
-    loop {
-        let v: serde_json::Value = client
-            .get(format!("{http}/gateway/orchestrators"))
-            .send()?
-            .json()?;
-        if v["orchestrators"]
-            .as_array()
-            .is_some_and(|o| o.iter().any(|o| !o["info"].is_null()))
-        {
-            break;
-        }
-        if ready.elapsed() > Duration::from_secs(30) {
-            bail!("the node's orchestrator was never discovered");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
 }
 
 /// Start `ffmpeg -re` publishing `seconds` of 720p30 (a keyframe every segment) to `rtmp`.

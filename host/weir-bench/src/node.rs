@@ -50,3 +50,27 @@ pub(crate) fn addresses(node: &mut Child, keys: &[&str]) -> anyhow::Result<Vec<S
         })
         .collect()
 }
+
+/// Wait (up to 30 s) until what the node's gateway reports at `/gateway/orchestrators`
+/// satisfies `ready`; `what` names it in the error.
+pub(crate) fn wait_until(
+    client: &reqwest::blocking::Client,
+    http: &str,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value = client
+            .get(format!("{http}/gateway/orchestrators"))
+            .send()?
+            .json()?;
+        if ready(&v) {
+            return Ok(());
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            anyhow::bail!("{what} never happened within 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

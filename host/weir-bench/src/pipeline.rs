@@ -97,7 +97,16 @@ fn measure(node: &mut std::process::Child, args: &PipelineArgs) -> anyhow::Resul
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
-    wait_offered(&client, &http)?;
+    crate::node::wait_until(&client, &http, "discovering both models", |v| {
+        let models = v["orchestrators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["info"]["models"].as_array())
+            .map(Vec::len)
+            .sum::<usize>();
+        models >= 2
+    })?;
     let png = input(args.width, args.height)?;
     let call = |path: &str, model: &str| -> anyhow::Result<Duration> {
         let form = reqwest::blocking::multipart::Form::new()
@@ -152,29 +161,4 @@ fn ms(d: Duration) -> f64 {
 fn p50(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
-}
-
-/// Wait (up to 30 s) until the node's gateway sees both models.
-fn wait_offered(client: &reqwest::blocking::Client, http: &str) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let v: serde_json::Value = client
-            .get(format!("{http}/gateway/orchestrators"))
-            .send()?
-            .json()?;
-        let models = v["orchestrators"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["info"]["models"].as_array())
-            .map(Vec::len)
-            .sum::<usize>();
-        if models >= 2 {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the node's models were never discovered");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
