@@ -1,7 +1,7 @@
 //! The real `weir node` binary: health, readiness, metrics, the admin API, hot install/remove,
 //! bad uploads, and swaps while calls run over HTTP.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -104,7 +104,21 @@ fn the_admin_api_needs_the_token() {
         .contains(&json!("weir:host/quoting@0.1.0")));
 }
 
+/// `PUT` a component and wait up to two minutes for its load: the loaded component or the
+/// load's error.
 fn upload(node: &Node, name: &str, manifest: &str, wasm: Vec<u8>) -> (u16, serde_json::Value) {
+    let (status, _, body) = put(node, name, manifest, wasm, "?wait=120");
+    (status, body)
+}
+
+/// `PUT /admin/components/{name}{query}`: status, `Location`, body.
+fn put(
+    node: &Node,
+    name: &str,
+    manifest: &str,
+    wasm: Vec<u8>,
+    query: &str,
+) -> (u16, Option<String>, serde_json::Value) {
     let form = reqwest::blocking::multipart::Form::new()
         .text("manifest", manifest.to_owned())
         .part(
@@ -113,13 +127,150 @@ fn upload(node: &Node, name: &str, manifest: &str, wasm: Vec<u8>) -> (u16, serde
         );
     let resp = node
         .client()
-        .put(format!("{}/admin/components/{name}", node.url))
+        .put(format!("{}/admin/components/{name}{query}", node.url))
         .bearer_auth(&node.token)
         .multipart(form)
         .send()
         .expect("upload");
     let status = resp.status().as_u16();
-    (status, resp.json().expect("json"))
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, location, resp.json().expect("json"))
+}
+
+/// `DELETE /admin/components/{name}`: the status.
+fn delete(node: &Node, name: &str) -> u16 {
+    node.client()
+        .delete(format!("{}/admin/components/{name}", node.url))
+        .bearer_auth(&node.token)
+        .send()
+        .expect("delete")
+        .status()
+        .as_u16()
+}
+
+/// `GET {node}{path}` with the admin token: status and body.
+fn admin_get(node: &Node, path: &str) -> (u16, serde_json::Value) {
+    let resp = node
+        .client()
+        .get(format!("{}{path}", node.url))
+        .bearer_auth(&node.token)
+        .send()
+        .expect("get");
+    (resp.status().as_u16(), resp.json().expect("json"))
+}
+
+/// Poll an install until it ends; every state seen on the way, and the last answer.
+fn follow_install(node: &Node, name: &str) -> (Vec<String>, serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let (status, body) = admin_get(node, &format!("/admin/components/{name}/install"));
+        assert_eq!(status, 200, "{body}");
+        let state = body["state"].as_str().expect("state").to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if state == "loaded" || state == "failed" {
+            return (seen, body);
+        }
+        assert!(Instant::now() < deadline, "the install never ended: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_upload_compiles_in_the_background_and_shows_its_progress() {
+    let node = Node::start();
+    // A JavaScript component: megabytes of code that take seconds to compile.
+    let wasm = std::fs::read(artifact("examples/pricing-surge-js.wasm")).expect("read");
+    let manifest = built_manifest("examples/pricing-surge-js.toml");
+    let started = Instant::now();
+    let (status, location, body) = put(&node, "pricing-surge-js", &manifest, wasm.clone(), "");
+    let answered = started.elapsed();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        location.as_deref(),
+        Some("/admin/components/pricing-surge-js/install")
+    );
+    assert_eq!(body["bytes"], json!(wasm.len()));
+    assert_eq!(body["replaces"], json!(false));
+    assert!(
+        ["queued", "writing", "compiling"].contains(&body["state"].as_str().expect("state")),
+        "{body}"
+    );
+    // While it compiles: listed as installing, a second upload or a delete of the name is
+    // refused with the reason, and the rest of the node answers.
+    let list = node.admin_list();
+    assert_eq!(list["installing"][0]["name"], "pricing-surge-js", "{list}");
+    let (status, _, refused) = put(&node, "pricing-surge-js", &manifest, wasm.clone(), "");
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("is still"),
+        "{refused}"
+    );
+    assert_eq!(delete(&node, "pricing-surge-js"), 409);
+    assert_eq!(node.call("default-router", &route_body()).0, 200);
+
+    let (seen, done) = follow_install(&node, "pricing-surge-js");
+    assert_eq!(done["state"], "loaded", "{done}");
+    assert!(seen.contains(&"compiling".to_owned()), "{seen:?}");
+    assert_eq!(done["progress"], json!(1.0));
+    assert!(done["elapsed_ms"].as_u64().expect("elapsed") > 0);
+    assert_eq!(done["component"]["world"], "pricing", "{done}");
+    let took = Duration::from_millis(done["elapsed_ms"].as_u64().expect("elapsed"));
+    assert!(
+        answered < took,
+        "the PUT answered in {answered:?}, before the {took:?} install ended"
+    );
+    assert_eq!(node.call("pricing-surge-js", &quote_body()).0, 200);
+    // The node measured that compilation: the next one of its size has an estimate.
+    assert!(done["expected_compile_ms"].as_u64().is_some(), "{done}");
+    assert_eq!(node.admin_list()["installing"], json!([]));
+
+    // A reinstall that fails in the background (the manifest asks for an export the code
+    // lacks) reports the load's error; the running version keeps serving.
+    let wrong_world = manifest.replace("world = \"pricing\"", "world = \"router\"");
+    assert_ne!(wrong_world, manifest);
+    let (status, _, body) = put(&node, "pricing-surge-js", &wrong_world, wasm, "");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["replaces"], json!(true));
+    let (_, failed) = follow_install(&node, "pricing-surge-js");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("does not export the `router` world"),
+        "{failed}"
+    );
+    assert_eq!(node.call("pricing-surge-js", &quote_body()).0, 200);
+
+    // What can never load is refused at once, before anything is queued.
+    let (status, _, body) = put(
+        &node,
+        "junk",
+        &manifest_for("junk", "router"),
+        b"not wasm".to_vec(),
+        "",
+    );
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = admin_get(&node, "/admin/components/junk/install");
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = put(
+        &node,
+        "x",
+        &manifest_for("x", "router"),
+        Vec::new(),
+        "?wait=601",
+    );
+    assert_eq!(status, 400, "{body}");
 }
 
 #[test]
@@ -134,6 +285,21 @@ fn components_are_installed_checked_and_removed_over_http() {
     let (status, body) = node.call("router-region-py", &route_body());
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["ranking"], json!([1, 0]));
+    // The camelCase names a JavaScript guest sees are taken too.
+    let camel = serde_json::to_string(&route_body())
+        .expect("json")
+        .replace("price_per_unit", "pricePerUnit")
+        .replace("pixels_per_unit", "pixelsPerUnit")
+        .replace("latency_ms", "latencyMs");
+    let camel: serde_json::Value = serde_json::from_str(&camel).expect("json");
+    let (status, body) = node.call("router-region-py", &camel);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ranking"], json!([1, 0]));
+    let (status, body) = node.call(
+        "default-pricing",
+        &json!({"request": {"capability": "text-to-image", "model": "sdxl"}, "context": {"inFlight": 8, "capacity": 10}}),
+    );
+    assert_eq!(status, 200, "{body}");
 
     // Bad uploads: not a component, wrong world, ungranted import, name mismatch, missing part.
     let (status, body) = upload(
@@ -188,19 +354,14 @@ fn components_are_installed_checked_and_removed_over_http() {
     assert_eq!(node.call("default-router", &route_body()).0, 200);
     let list = node.admin_list();
     let failed = names(&list, "failed");
+    // Bytes that are not a component were refused before any load was tried.
     assert!(
-        failed.contains(&"junk") && failed.contains(&"greedy"),
+        failed.contains(&"greedy") && !failed.contains(&"junk"),
         "{list}"
     );
 
     // Remove: gone from the API and from disk.
-    let resp = node
-        .client()
-        .delete(format!("{}/admin/components/router-region-py", node.url))
-        .bearer_auth(&node.token)
-        .send()
-        .expect("delete");
-    assert_eq!(resp.status(), 204);
+    assert_eq!(delete(&node, "router-region-py"), 204);
     assert_eq!(node.call("router-region-py", &route_body()).0, 404);
     assert!(!node.components().join("router-region-py.toml").exists());
 }
@@ -290,4 +451,72 @@ fn a_pricing_swap_dropped_into_the_directory_is_served_while_calls_run() {
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn weir_component_install_uploads_and_follows_until_it_serves() {
+    let node = Node::start();
+    let weir = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .env_remove("WEIR_ADMIN_TOKEN")
+            .env_remove("WEIR_NODE_URL")
+            .output()
+            .expect("run weir")
+    };
+    let manifest = artifact("examples/router-region-py.toml");
+    let manifest = manifest.to_str().expect("utf8");
+    let out = weir(&[
+        "component",
+        "install",
+        manifest,
+        "--node",
+        &node.url,
+        "--token",
+        &node.token,
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("installed router-region-py: world router"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("uploading router-region-py"), "{stderr}");
+    assert!(
+        stderr.contains("compiling"),
+        "the progress is shown: {stderr}"
+    );
+    assert_eq!(node.call("router-region-py", &route_body()).0, 200);
+
+    // A wrong token, and a manifest whose wasm was never built: clear failures.
+    let out = weir(&[
+        "component",
+        "install",
+        manifest,
+        "--node",
+        &node.url,
+        "--token",
+        "wrong-token",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lone = dir.path().join("router-region-py.toml");
+    std::fs::copy(manifest, &lone).expect("copy");
+    let out = weir(&[
+        "component",
+        "install",
+        dir.path().to_str().expect("utf8"),
+        "--node",
+        &node.url,
+        "--token",
+        &node.token,
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("build it first"), "{stderr}");
 }

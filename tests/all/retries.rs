@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -78,4 +79,35 @@ fn a_request_gives_up_on_a_full_orchestrator_after_the_busy_wait() {
         refused[0].1.contains("still full after waiting"),
         "{refused:?}"
     );
+}
+
+#[test]
+fn an_orchestrator_discovery_last_saw_full_is_still_asked_and_waited_for() {
+    let state = Arc::new(RunnerState::default());
+    state.delay_ms.store(4000, Ordering::Relaxed);
+    let runner = runner_server(state.clone());
+    let o = http_orchestrator(&runner.url, 1, 60);
+    let gw = gateway(&[&o.url], "busy_wait_secs = 60\nretry_budget_secs = 120");
+    wait_discovered(&gw, 1);
+    std::thread::scope(|s| {
+        let first = s.spawn(|| concurrent_calls(&gw, 1));
+        // Discovery refreshes every second: it sees the only slot taken.
+        let seen_full = eventually(Duration::from_secs(3), || {
+            let v: serde_json::Value = client()
+                .get(format!("{}/gateway/orchestrators", gw.url))
+                .bearer_auth(CLIENT_TOKEN)
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            (v["orchestrators"][0]["info"]["models"][0]["in_flight"] == 1).then_some(())
+        });
+        assert!(seen_full.is_some(), "discovery never saw the slot taken");
+        // A request now is not refused on that snapshot: it is sent, told busy, and waits
+        // for the slot.
+        let second = concurrent_calls(&gw, 1);
+        assert_eq!(second[0].0, 200, "{second:?}");
+        assert_eq!(first.join().expect("thread")[0].0, 200);
+    });
+    assert_eq!(state.served.load(Ordering::Relaxed), 2);
 }

@@ -18,7 +18,10 @@ pub struct RouterConfig {
     pub warm_weight: u64,
     /// Skip candidates whose unit price exceeds `max_price_per_unit / max_price_pixels_per_unit`.
     pub max_price: Option<(u64, u64)>,
-    /// Skip candidates already running at capacity (`skip_full`, default true).
+    /// Drop candidates the last discovery saw at capacity (`skip_full`, default false). By
+    /// default they rank after every other candidate instead: the count is a snapshot from the
+    /// last refresh, and the orchestrator's own answer (busy, waited out by the gateway) is
+    /// the accurate one.
     pub skip_full: bool,
 }
 
@@ -30,7 +33,7 @@ impl Default for RouterConfig {
             success_weight: 20,
             warm_weight: 10,
             max_price: None,
-            skip_full: true,
+            skip_full: false,
         }
     }
 }
@@ -129,7 +132,13 @@ fn scoring_price(o: &Offer<'_>) -> u128 {
     u128::from(o.price_per_unit) * 1_000_000 / u128::from(o.pixels_per_unit.max(1))
 }
 
-/// Rank `offers`: indices, best first. Deterministic for equal inputs.
+/// Whether the offer's last known load fills its capacity (unknown capacity never does).
+fn is_full(o: &Offer<'_>) -> bool {
+    o.capacity > 0 && o.in_flight >= o.capacity
+}
+
+/// Rank `offers`: indices, best first, those seen at capacity after the rest. Deterministic
+/// for equal inputs.
 pub fn rank(offers: &[Offer<'_>], cfg: &RouterConfig) -> Result<Vec<u32>, RankError> {
     if offers.is_empty() {
         return Err(RankError::Empty);
@@ -146,7 +155,7 @@ pub fn rank(offers: &[Offer<'_>], cfg: &RouterConfig) -> Result<Vec<u32>, RankEr
                     return false;
                 }
             }
-            if cfg.skip_full && o.capacity > 0 && o.in_flight >= o.capacity {
+            if cfg.skip_full && is_full(o) {
                 full += 1;
                 return false;
             }
@@ -193,7 +202,9 @@ pub fn rank(offers: &[Offer<'_>], cfg: &RouterConfig) -> Result<Vec<u32>, RankEr
         .collect();
     scored.sort_by(|&(sa, a), &(sb, b)| {
         let (oa, ob) = (&offers[a], &offers[b]);
-        sb.cmp(&sa)
+        is_full(oa)
+            .cmp(&is_full(ob))
+            .then_with(|| sb.cmp(&sa))
             .then_with(|| {
                 cmp_unit_price(
                     oa.price_per_unit,
@@ -273,9 +284,21 @@ mod tests {
             rank(&[cold.clone(), warm], &RouterConfig::default()),
             Ok(vec![1, 0])
         );
+        // Seen at capacity: the cheapest, fastest offer ranks last by default, and is dropped
+        // with `skip_full`.
         let mut full = offer("f", 1, 1, 10000);
         full.in_flight = 4;
-        assert_eq!(rank(&[full, cold], &RouterConfig::default()), Ok(vec![1]));
+        let offers = [full, cold];
+        assert_eq!(rank(&offers, &RouterConfig::default()), Ok(vec![1, 0]));
+        assert_eq!(rank(&offers[..1], &RouterConfig::default()), Ok(vec![0]));
+        let skip = RouterConfig::from_settings([("skip_full", "true")]).expect("valid");
+        assert_eq!(rank(&offers, &skip), Ok(vec![1]));
+        assert_eq!(
+            rank(&offers[..1], &skip),
+            Err(RankError::AllFiltered(
+                "0 above the max price, 1 at capacity".into()
+            ))
+        );
     }
 
     #[test]

@@ -31,17 +31,18 @@ impl CodeCache {
             .join(format!("{content_hash}-{}.cwasm", self.engine_key))
     }
 
-    /// Load the cached compilation of `wasm`, or compile it and cache the result.
+    /// Load the cached compilation of `wasm`, or compile it and cache the result; the flag
+    /// says whether it was compiled.
     pub fn get_or_compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
         content_hash: &str,
-    ) -> wasmtime::Result<Component> {
+    ) -> wasmtime::Result<(Component, bool)> {
         let path = self.path_for(content_hash);
         if path.is_file() {
             match deserialize(engine, &path) {
-                Ok(component) => return Ok(component),
+                Ok(component) => return Ok((component, false)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "discarding unreadable cached code");
                     let _ = std::fs::remove_file(&path);
@@ -65,7 +66,7 @@ impl CodeCache {
         )]
         // SAFETY: `compiled` is the output of `Engine::precompile_component` on this very engine.
         let component = unsafe { Component::deserialize(engine, &compiled)? };
-        Ok(component)
+        Ok((component, true))
     }
 }
 

@@ -19,6 +19,7 @@ use crate::host::{ComponentScope, HostState, PaymentsSource};
 use crate::limits::Limiter;
 use crate::manifest::{Limits, Manifest, Permissions, WorldKind};
 use crate::metrics::RuntimeMetrics;
+use crate::progress::{CompileRate, LoadPhase};
 
 /// Largest `.wasm` file accepted, in bytes.
 pub const MAX_WASM_BYTES: u64 = 128 << 20;
@@ -69,6 +70,7 @@ pub struct Runtime {
     pricing_linker: Linker<HostState>,
     pipeline_linker: Linker<HostState>,
     cache: Option<CodeCache>,
+    compile_rate: CompileRate,
     config: RuntimeConfig,
     payments: Arc<dyn PaymentsSource>,
     media: crate::host::MediaSlot,
@@ -167,6 +169,7 @@ impl Runtime {
             pricing_linker,
             pipeline_linker,
             cache,
+            compile_rate: CompileRate::default(),
             config,
             payments,
             media: Default::default(),
@@ -215,11 +218,21 @@ impl Runtime {
     /// Compile `wasm` (through the cache when one is configured).
     pub fn compile(&self, wasm: &[u8]) -> wasmtime::Result<(Component, String)> {
         let hash = hex::encode(Sha256::digest(wasm));
-        let component = match &self.cache {
+        let started = Instant::now();
+        let (component, compiled) = match &self.cache {
             Some(cache) => cache.get_or_compile(&self.engine, wasm, &hash)?,
-            None => Component::new(&self.engine, wasm)?,
+            None => (Component::new(&self.engine, wasm)?, true),
         };
+        if compiled {
+            self.compile_rate.record(wasm.len(), started.elapsed());
+        }
         Ok((component, hash))
+    }
+
+    /// How long compiling `bytes` of wasm is expected to take on this node, from the
+    /// compilations it measured (`None` before the first one). A cached component loads faster.
+    pub fn expected_compile_time(&self, bytes: usize) -> Option<Duration> {
+        self.compile_rate.expected(bytes)
     }
 
     /// Load the component a manifest describes (its wasm is read relative to `dir`): read,
@@ -228,6 +241,16 @@ impl Runtime {
         self: &Arc<Self>,
         manifest: Manifest,
         dir: &Path,
+    ) -> Result<Arc<LoadedComponent>, RuntimeError> {
+        self.load_observed(manifest, dir, &|_| {})
+    }
+
+    /// [`Runtime::load`], telling `observe` as it reaches each [`LoadPhase`].
+    pub fn load_observed(
+        self: &Arc<Self>,
+        manifest: Manifest,
+        dir: &Path,
+        observe: &dyn Fn(LoadPhase),
     ) -> Result<Arc<LoadedComponent>, RuntimeError> {
         let started = Instant::now();
         let name = manifest.name.clone();
@@ -238,6 +261,7 @@ impl Runtime {
         let wasm_path = manifest.wasm_path(dir);
         let wasm = read_wasm(&wasm_path).map_err(fail)?;
         let permissions = resolve_permissions(&manifest.permissions, dir).map_err(fail)?;
+        observe(LoadPhase::Compiling);
         let (component, hash) = self
             .compile(&wasm)
             .map_err(|e| fail(describe_compile_error(&e)))?;
@@ -256,6 +280,7 @@ impl Runtime {
             permissions,
             limits: manifest.limits.clone(),
         };
+        observe(LoadPhase::Linking);
         let loaded = LoadedComponent::link(spec, manifest, component, hash).map_err(fail)?;
         tracing::info!(
             component = %loaded.manifest.name,

@@ -36,6 +36,7 @@ mod manifest;
 pub mod media;
 mod metrics;
 pub mod models;
+mod progress;
 mod registry;
 pub mod storage;
 
@@ -55,5 +56,6 @@ pub use manifest::{
 };
 pub use metrics::RuntimeMetrics;
 pub use models::ModelSource;
+pub use progress::{check_component_header, LoadPhase};
 pub use registry::{LoadStatus, Registry, ScanReport, WatchGuard};
 pub use storage::{ComponentStorage, ObjectStorage};

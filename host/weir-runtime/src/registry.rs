@@ -15,6 +15,7 @@ use crate::component::LoadedComponent;
 use crate::engine::Runtime;
 use crate::error::RuntimeError;
 use crate::manifest::{is_valid_name, Manifest, WorldKind};
+use crate::progress::LoadPhase;
 
 /// The outcome of the latest attempt to load one component.
 #[derive(Debug, Clone)]
@@ -169,14 +170,18 @@ impl Registry {
     /// On failure the previous version keeps serving and the reason is recorded.
     pub fn load(&self, name: &str) -> Result<Arc<LoadedComponent>, RuntimeError> {
         let _guard = self.load_lock.lock();
-        self.load_locked(name)
+        self.load_locked(name, &|_| {})
     }
 
     /// [`Registry::load`] for a caller that holds `load_lock`.
-    fn load_locked(&self, name: &str) -> Result<Arc<LoadedComponent>, RuntimeError> {
+    fn load_locked(
+        &self,
+        name: &str,
+        observe: &dyn Fn(LoadPhase),
+    ) -> Result<Arc<LoadedComponent>, RuntimeError> {
         let fingerprint = self.fingerprint(name);
-        let result =
-            Manifest::load(&self.manifest_path(name)).and_then(|m| self.runtime.load(m, &self.dir));
+        let result = Manifest::load(&self.manifest_path(name))
+            .and_then(|m| self.runtime.load_observed(m, &self.dir, observe));
         let metrics = self.runtime.metrics();
         let status = match &result {
             Ok(component) => {
@@ -284,6 +289,16 @@ impl Registry {
         manifest_text: &str,
         wasm: &[u8],
     ) -> Result<Arc<LoadedComponent>, RuntimeError> {
+        self.install_observed(manifest_text, wasm, &|_| {})
+    }
+
+    /// [`Registry::install`], telling `observe` as it reaches each [`LoadPhase`].
+    pub fn install_observed(
+        &self,
+        manifest_text: &str,
+        wasm: &[u8],
+        observe: &dyn Fn(LoadPhase),
+    ) -> Result<Arc<LoadedComponent>, RuntimeError> {
         let manifest = Manifest::parse(manifest_text, None)?;
         let wasm_path = manifest.wasm_path(&self.dir);
         let write = |path: &Path, bytes: &[u8]| -> Result<(), RuntimeError> {
@@ -297,13 +312,15 @@ impl Registry {
         };
         // Both files are replaced under the load lock, so the watcher never loads the new code
         // with the old manifest (or the reverse) in between.
+        observe(LoadPhase::Queued);
         let _guard = self.load_lock.lock();
+        observe(LoadPhase::Writing);
         write(&wasm_path, wasm)?;
         write(
             &self.manifest_path(&manifest.name),
             manifest_text.as_bytes(),
         )?;
-        self.load_locked(&manifest.name)
+        self.load_locked(&manifest.name, observe)
     }
 
     /// Unload `name` and delete its manifest and wasm from the directory.

@@ -1,4 +1,5 @@
-//! JSON shapes of the admin API, converted to and from the contract's types.
+//! JSON shapes of the admin API, converted to and from the contract's types. Fields are
+//! snake_case; the camelCase a JavaScript guest sees (`latencyMs`, `inFlight`, …) is taken too.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -106,8 +107,10 @@ pub fn params_to_json(params: Vec<Param>) -> std::collections::BTreeMap<String, 
 #[serde(deny_unknown_fields)]
 pub struct JsonPrice {
     /// Base units per `pixels_per_unit`.
+    #[serde(alias = "pricePerUnit")]
     pub price_per_unit: u64,
     /// Units of work one `price_per_unit` buys.
+    #[serde(alias = "pixelsPerUnit")]
     pub pixels_per_unit: u64,
     /// Currency label.
     pub currency: String,
@@ -146,24 +149,29 @@ pub struct JsonCandidate {
     pub price: JsonPrice,
     /// Observed latency, ms.
     #[serde(default)]
+    #[serde(alias = "latencyMs")]
     pub latency_ms: u32,
     /// Success rate, basis points.
     #[serde(default = "full_success")]
+    #[serde(alias = "successBp")]
     pub success_bp: u32,
     /// Region label.
     #[serde(default)]
     pub region: String,
     /// GPU class label.
     #[serde(default)]
+    #[serde(alias = "gpuClass")]
     pub gpu_class: String,
     /// Warm models.
     #[serde(default)]
+    #[serde(alias = "warmModels")]
     pub warm_models: Vec<String>,
     /// Capacity.
     #[serde(default)]
     pub capacity: u32,
     /// Jobs in flight.
     #[serde(default)]
+    #[serde(alias = "inFlight")]
     pub in_flight: u32,
 }
 
@@ -200,6 +208,7 @@ pub struct JsonQuoteContext {
     pub counterparty: String,
     /// Jobs in flight.
     #[serde(default)]
+    #[serde(alias = "inFlight")]
     pub in_flight: u32,
     /// Capacity.
     #[serde(default)]
@@ -236,8 +245,10 @@ impl TryFrom<JsonQuoteContext> for QuoteContext {
 #[serde(deny_unknown_fields)]
 pub struct JsonBlob {
     /// MIME type.
+    #[serde(alias = "contentType")]
     pub content_type: String,
     /// Bytes, standard base64.
+    #[serde(alias = "dataBase64")]
     pub data_base64: String,
 }
 

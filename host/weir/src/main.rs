@@ -4,6 +4,7 @@
 mod api;
 mod component_cmd;
 mod config;
+mod installs;
 mod listen;
 mod node;
 mod objects;

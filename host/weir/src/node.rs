@@ -493,6 +493,7 @@ async fn serve_until_shutdown(
         router: config.router.as_str().into(),
         pricing: config.pricing.as_str().into(),
         ledgers: started.ledgers.into(),
+        installs: Default::default(),
     };
     tracing::info!(%addr, ?role, "serving HTTP");
     {

@@ -1,9 +1,10 @@
 //! The node's HTTP surface: health, readiness, Prometheus metrics and the admin API.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use serde_json::json;
 use weir_runtime::{LoadedComponent, Registry, RuntimeError, WorldKind, MAX_WASM_BYTES};
 
 use crate::api::{params_to_json, CallRequest, JsonBlob, JsonPrice};
+use crate::installs::{FinishGuard, Install, Installs, Refusal, Stage};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -30,6 +32,8 @@ pub struct AppState {
     pub pricing: Arc<str>,
     /// The ledgers of the roles this process plays, by role name.
     pub ledgers: Arc<[(&'static str, Arc<dyn weir_payments::Ledger>)]>,
+    /// Component uploads compiling in the background.
+    pub installs: Arc<Installs>,
 }
 
 /// An error answer: `{"error": {"code", "message"}}` with an HTTP status.
@@ -59,7 +63,13 @@ impl IntoResponse for ApiError {
 
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> ApiError {
-        let (status, code) = match &e {
+        ApiError::from(&e)
+    }
+}
+
+impl From<&RuntimeError> for ApiError {
+    fn from(e: &RuntimeError) -> ApiError {
+        let (status, code) = match e {
             RuntimeError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             RuntimeError::InvalidManifest { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_manifest")
@@ -92,6 +102,7 @@ pub fn app(state: AppState, roles: Router) -> Router {
                 .delete(remove_component)
                 .layer(DefaultBodyLimit::max(MAX_WASM_BYTES as usize + (1 << 20))),
         )
+        .route("/admin/components/{name}/install", get(get_install))
         .route("/admin/components/{name}/reload", post(reload_component))
         .route("/admin/components/{name}/call", post(call_component))
         .route("/admin/ledger", get(ledger_totals))
@@ -260,7 +271,13 @@ async fn list_components(State(state): State<AppState>) -> Json<serde_json::Valu
         .filter(|(name, s)| s.error.is_some() && !loaded.contains_key(*name))
         .map(|(name, s)| json!({ "name": name, "error": s.error, "at_ms": millis(s.at) }))
         .collect();
-    Json(json!({ "components": components, "failed": failed }))
+    let installing: Vec<serde_json::Value> = state
+        .installs
+        .running()
+        .iter()
+        .map(|i| install_view(&state, i))
+        .collect();
+    Json(json!({ "components": components, "failed": failed, "installing": installing }))
 }
 
 async fn get_component(
@@ -276,12 +293,84 @@ async fn get_component(
     Ok(Json(view(&c, last_error)))
 }
 
+/// `?wait=SECONDS` on `PUT /admin/components/{name}`.
+#[derive(Debug, serde::Deserialize)]
+struct InstallQuery {
+    /// How long to wait for the load before answering `202` (0 to [`MAX_INSTALL_WAIT_SECS`]).
+    #[serde(default)]
+    wait: u64,
+}
+
+/// The longest `?wait=` a `PUT` may ask for.
+const MAX_INSTALL_WAIT_SECS: u64 = 600;
+
 /// `PUT /admin/components/{name}`: multipart with a `manifest` (TOML) part and a `wasm` part.
+/// The manifest and the wasm's header are checked at once; compiling and loading run in the
+/// background. The answer is the loaded component (`201`/`200`) or the load's error when it
+/// ends within `?wait=`, else `202` with the install's progress (`Location`).
 async fn install_component(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    mut multipart: Multipart,
-) -> Result<(StatusCode, Json<ComponentView>), ApiError> {
+    query: Result<Query<InstallQuery>, QueryRejection>,
+    multipart: Multipart,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let Query(query) = query.map_err(|e| bad(e.body_text()))?;
+    if query.wait > MAX_INSTALL_WAIT_SECS {
+        return Err(bad(format!(
+            "wait={} is longer than the {MAX_INSTALL_WAIT_SECS} s a request may wait; poll /admin/components/{name}/install instead",
+            query.wait
+        )));
+    }
+    let (manifest, wasm) = read_upload(multipart).await?;
+    let parsed = weir_runtime::Manifest::parse(&manifest, None)?;
+    if parsed.name != name {
+        return Err(bad(format!(
+            "the manifest names `{}` but the URL names `{name}`",
+            parsed.name
+        )));
+    }
+    weir_runtime::check_component_header(&wasm).map_err(|reason| RuntimeError::Load {
+        component: name.clone(),
+        reason,
+    })?;
+    let replaces = state.registry.get(&name).is_ok();
+    let install = state
+        .installs
+        .begin(&name, wasm.len(), replaces)
+        .map_err(refused)?;
+    let guard = FinishGuard(install.clone());
+    let registry = state.registry.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = registry.install_observed(&manifest, &wasm, &|phase| guard.0.observe(phase));
+        guard.0.finish(result);
+    });
+    let now = install.wait(Duration::from_secs(query.wait)).await;
+    match &now.stage {
+        Stage::Loaded { .. } => {
+            let component = state.registry.get(&name)?;
+            let status = if replaces {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            Ok((status, Json(view(&component, None))).into_response())
+        }
+        Stage::Failed(e) => Err(ApiError::from(&**e)),
+        Stage::Running(_) => {
+            let location = format!("/admin/components/{name}/install");
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(install_view(&state, &install)),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// The `manifest` and `wasm` parts of an install's multipart body.
+async fn read_upload(mut multipart: Multipart) -> Result<(String, bytes::Bytes), ApiError> {
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
     let (mut manifest, mut wasm) = (None, None);
     while let Some(field) = multipart
@@ -316,32 +405,103 @@ async fn install_component(
     }
     let manifest = manifest.ok_or_else(|| bad("missing the `manifest` part".into()))?;
     let wasm = wasm.ok_or_else(|| bad("missing the `wasm` part".into()))?;
-    let parsed = weir_runtime::Manifest::parse(&manifest, None)?;
-    if parsed.name != name {
-        return Err(bad(format!(
-            "the manifest names `{}` but the URL names `{name}`",
-            parsed.name
-        )));
+    Ok((manifest, wasm))
+}
+
+/// An upload that was not started: `409` while the same name installs, `429` at the cap.
+fn refused(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::SameName(running) => ApiError::new(
+            StatusCode::CONFLICT,
+            "install_running",
+            format!(
+                "an install of `{}` started {:.1} s ago is still {}; wait for it (GET /admin/components/{}/install)",
+                running.name,
+                running.elapsed(&running.state()).as_secs_f64(),
+                stage_name(&running.state().stage),
+                running.name
+            ),
+        ),
+        Refusal::Busy(names) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "installs_busy",
+            format!(
+                "{} installs are compiling ({}); try again when one ends",
+                names.len(),
+                names.join(", ")
+            ),
+        ),
     }
-    let existed = state.registry.get(&name).is_ok();
-    let registry = state.registry.clone();
-    let loaded = tokio::task::spawn_blocking(move || registry.install(&manifest, &wasm))
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
-    let status = if existed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+}
+
+fn stage_name(stage: &Stage) -> &'static str {
+    match stage {
+        Stage::Running(phase) => phase.as_str(),
+        Stage::Loaded { .. } => "loaded",
+        Stage::Failed(_) => "failed",
+    }
+}
+
+/// An install as the admin API shows it: its state (`queued`, `writing`, `compiling`,
+/// `linking`, then `loaded` or `failed`), times, an estimate of progress, and the outcome.
+fn install_view(state: &AppState, install: &Install) -> serde_json::Value {
+    let now = install.state();
+    let expected = state
+        .registry
+        .runtime()
+        .expected_compile_time(install.bytes);
+    let (error, component) = match &now.stage {
+        Stage::Running(_) => (None, None),
+        Stage::Loaded { hash } => (
+            None,
+            state
+                .registry
+                .get(&install.name)
+                .ok()
+                .filter(|c| &c.hash == hash)
+                .map(|c| view(&c, None)),
+        ),
+        Stage::Failed(e) => {
+            let e = ApiError::from(&**e);
+            (Some(json!({ "code": e.code, "message": e.message })), None)
+        }
     };
-    Ok((status, Json(view(&loaded, None))))
+    json!({
+        "name": install.name,
+        "state": stage_name(&now.stage),
+        "bytes": install.bytes,
+        "replaces": install.replaces,
+        "started_at_ms": millis(install.started_at),
+        "elapsed_ms": install.elapsed(&now).as_millis() as u64,
+        "expected_compile_ms": expected.map(|d| d.as_millis() as u64),
+        "progress": install.progress(&now, expected),
+        "error": error,
+        "component": component,
+    })
+}
+
+/// `GET /admin/components/{name}/install`: the latest install of `name` since the node started.
+async fn get_install(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let install = state.installs.get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no install of `{name}` since the node started"),
+        )
+    })?;
+    Ok(Json(install_view(&state, &install)))
 }
 
 async fn remove_component(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    if let Some(running) = state.installs.get(&name).filter(|i| !i.state().is_done()) {
+        return Err(refused(Refusal::SameName(running)));
+    }
     state.registry.remove(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -85,9 +85,10 @@ fn components(paths: &mut Map<String, Value>) {
         "summary": "Loaded components and failed loads",
         "responses": {
             "200": {"description": "The registry", "content": {"application/json": {"schema": {
-                "type": "object", "required": ["components", "failed"], "properties": {
+                "type": "object", "required": ["components", "failed", "installing"], "properties": {
                     "components": {"type": "array", "items": super::schema_ref("Component")},
-                    "failed": {"type": "array", "items": failed}}}}}},
+                    "failed": {"type": "array", "items": failed},
+                    "installing": {"type": "array", "items": install_state()}}}}}},
             "401": unauthorized}}}),
     );
     let install = json!({"type": "object", "required": ["manifest", "wasm"], "properties": {
@@ -100,18 +101,50 @@ fn components(paths: &mut Map<String, Value>) {
                 "summary": "One component, with its effective limits and instance mode",
                 "responses": {"200": component, "401": unauthorized, "404": not_found}},
         "put": {"operationId": "admin_install", "tags": ["admin"], "security": security(),
-                "summary": "Install a component: written atomically into the directory and loaded",
+                "summary": "Install a component: checked at once, then written atomically into the directory and compiled and loaded in the background",
+                "parameters": [{"name": "wait", "in": "query", "required": false,
+                                "description": "Seconds to wait for the load before answering 202 (default 0)",
+                                "schema": {"type": "integer", "minimum": 0, "maximum": 600}}],
                 "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": install}}},
-                "responses": {"200": json_response("Replaced", "Component"),
-                              "201": json_response("Installed", "Component"),
-                              "400": error("A malformed form, a missing or unexpected part, or a manifest naming another component"),
-                              "401": unauthorized, "409": error("The component's world does not fit"),
+                "responses": {"200": json_response("Replaced (loaded within `wait`)", "Component"),
+                              "201": json_response("Installed (loaded within `wait`)", "Component"),
+                              "202": {"description": "Accepted: compiling in the background; follow `Location`",
+                                      "headers": {"Location": {"schema": {"type": "string"}}},
+                                      "content": {"application/json": {"schema": install_state()}}},
+                              "400": error("A malformed form or query, a missing or unexpected part, or a manifest naming another component"),
+                              "401": unauthorized,
+                              "409": error("An install of this name is running, or the component's world does not fit"),
                               "413": error("The body is too large"),
-                              "422": error("The manifest is invalid or the component fails to load")}},
+                              "422": error("The manifest is invalid, the wasm is not a component, or it fails to load"),
+                              "429": error("Too many installs are compiling")}},
         "delete": {"operationId": "admin_remove", "tags": ["admin"], "security": security(),
                    "summary": "Unload a component and delete its files",
-                   "responses": {"204": {"description": "Removed"}, "401": unauthorized, "404": not_found}},
+                   "responses": {"204": {"description": "Removed"}, "401": unauthorized, "404": not_found,
+                                 "409": error("An install of this name is running")}},
     }));
+    paths.insert("/admin/components/{name}/install".into(), json!({
+        "parameters": [path_param("name", "The component's name")],
+        "get": {"operationId": "admin_install_state", "tags": ["admin"], "security": security(),
+                "summary": "The latest install of a component since the node started: its phase, times, estimated progress and outcome",
+                "responses": {"200": {"description": "The install",
+                                      "content": {"application/json": {"schema": install_state()}}},
+                              "401": unauthorized, "404": error("No install of that name since the node started")}},
+    }));
+}
+
+/// An install as `PUT /admin/components/{name}` (202) and its `install` resource show it.
+fn install_state() -> Value {
+    json!({"type": "object", "required": ["name", "state", "bytes", "elapsed_ms"], "properties": {
+        "name": {"type": "string"},
+        "state": {"enum": ["queued", "writing", "compiling", "linking", "loaded", "failed"]},
+        "bytes": {"type": "integer"},
+        "replaces": {"type": "boolean", "description": "A version was serving when the upload arrived"},
+        "started_at_ms": {"type": "integer"},
+        "elapsed_ms": {"type": "integer", "description": "Until now, or until the install ended"},
+        "expected_compile_ms": {"type": ["integer", "null"], "description": "From this node's measured compile speed; null before its first compilation"},
+        "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1, "description": "An estimate; null while compiling with nothing to estimate from"},
+        "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
+        "component": {"description": "The loaded component, once loaded", "oneOf": [super::schema_ref("Component"), {"type": "null"}]}}})
 }
 
 /// Reload, call and the ledger.

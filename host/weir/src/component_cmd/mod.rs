@@ -1,6 +1,7 @@
-//! `weir component new|build|check|list`.
+//! `weir component new|build|install|check|list`.
 
 mod build;
+mod install;
 mod new;
 mod sdk;
 
@@ -41,6 +42,21 @@ pub enum ComponentCmd {
         #[arg(long, env = "WEIR_WIT_DIR")]
         wit_dir: Option<PathBuf>,
     },
+    /// Install a built component into a running node and follow its compilation.
+    Install {
+        /// The built manifest (`build/components/NAME.toml`; its wasm lies beside it), or a
+        /// directory holding one.
+        manifest: PathBuf,
+        /// The node's HTTP address.
+        #[arg(long, env = "WEIR_NODE_URL", default_value = "http://127.0.0.1:8935")]
+        node: String,
+        /// The node's admin token (default: `weir-data/admin-token` of the current directory).
+        #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Stop following after this many seconds (the node goes on compiling).
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
     /// Print a component's imports and exports and the worlds it satisfies.
     Check {
         /// The `.wasm` file.
@@ -70,6 +86,19 @@ fn offline_runtime() -> anyhow::Result<std::sync::Arc<Runtime>> {
 pub fn run(cmd: ComponentCmd) -> anyhow::Result<()> {
     match cmd {
         ComponentCmd::Check { wasm, world } => check(&wasm, world),
+        ComponentCmd::Install {
+            manifest,
+            node,
+            token,
+            timeout_secs,
+        } => install::install(
+            &manifest,
+            &install::Target {
+                node,
+                token,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            },
+        ),
         ComponentCmd::List { dir } => list(&dir),
         ComponentCmd::New {
             name,
