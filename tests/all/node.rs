@@ -464,17 +464,20 @@ fn weir_component_install_uploads_and_follows_until_it_serves() {
             .output()
             .expect("run weir")
     };
+    let install = |path: &str, token: &str| {
+        weir(&[
+            "component",
+            "install",
+            path,
+            "--node",
+            &node.url,
+            "--token",
+            token,
+        ])
+    };
     let manifest = artifact("examples/router-region-py.toml");
     let manifest = manifest.to_str().expect("utf8");
-    let out = weir(&[
-        "component",
-        "install",
-        manifest,
-        "--node",
-        &node.url,
-        "--token",
-        &node.token,
-    ]);
+    let out = install(manifest, &node.token);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -492,30 +495,14 @@ fn weir_component_install_uploads_and_follows_until_it_serves() {
     assert_eq!(node.call("router-region-py", &route_body()).0, 200);
 
     // A wrong token, and a manifest whose wasm was never built: clear failures.
-    let out = weir(&[
-        "component",
-        "install",
-        manifest,
-        "--node",
-        &node.url,
-        "--token",
-        "wrong-token",
-    ]);
+    let out = install(manifest, "wrong-token");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("401"), "{stderr}");
     let dir = tempfile::tempdir().expect("tempdir");
     let lone = dir.path().join("router-region-py.toml");
     std::fs::copy(manifest, &lone).expect("copy");
-    let out = weir(&[
-        "component",
-        "install",
-        dir.path().to_str().expect("utf8"),
-        "--node",
-        &node.url,
-        "--token",
-        &node.token,
-    ]);
+    let out = install(dir.path().to_str().expect("utf8"), &node.token);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("build it first"), "{stderr}");
