@@ -23,7 +23,7 @@ UPSCALE_MODEL_DIR := $(NODE_TOOLS)/node_modules/@upscalerjs/default-model
 # Found when a recipe runs (not when make starts: the venv may be created by this very run).
 ORT_ENV = ORT_DYLIB_PATH="$$(ls $(CURDIR)/$(PY_TOOLS)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1* | head -n 1)"
 
-GUESTS        := default-router default-pricing live-scale
+GUESTS        := default-router default-pricing live-scale live-redact
 TEST_PROGRAMS := misbehaving-router misbehaving-pricing greedy-router echo-pipeline ladder-pipeline
 WIT           := $(wildcard wit/*.wit)
 SDK_RUST      := $(wildcard sdk/rust/src/*.rs) sdk/rust/Cargo.toml
@@ -175,7 +175,7 @@ PG_ADMIN     ?= postgres://postgres@127.0.0.1:5432
 PG_TEST_DB   := weir_test
 
 test: tools artifacts lint test-db
-	cargo test --manifest-path guests/Cargo.toml -p live-scale
+	cargo test --manifest-path guests/Cargo.toml -p live-scale -p live-redact
 	cargo test --quiet --manifest-path examples/pipeline-chain-rs/Cargo.toml
 	node --test examples/pipeline-fps-js/
 	$(ORT_ENV) CI=true WEIR_FUZZ_SEED=20261202 WEIR_TEST_POSTGRES=$(PG_ADMIN)/$(PG_TEST_DB) WEIR_BUILD_DIR=$(CURDIR)/$(BUILD) WEIR_WEED=$(CURDIR)/$(PY_TOOLS)/bin/weed \
@@ -216,6 +216,7 @@ bench: tools guests examples models
 	./target/release/weir bench jobs
 	./target/release/weir bench trickle
 	$(ORT_ENV) ./target/release/weir bench pipeline --components $(BUILD)/components --examples $(BUILD)/examples --model $(BUILD)/models/upscale-2x.onnx
+	./target/release/weir bench frames --components $(BUILD)/components
 
 clean:
 	rm -rf $(BUILD) target guests/target tests/programs/target

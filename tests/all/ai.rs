@@ -564,28 +564,15 @@ fn image_to_video_answers_one_mp4_encoded_from_the_runners_frames() {
         .expect("bytes");
     let path = dir.path().join("out.mp4");
     std::fs::write(&path, &video).expect("write");
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
+    let probe = ffprobe_json(
+        &path.to_string_lossy(),
+        &[
             "-count_frames",
-            "-of",
-            "json",
             "-show_format",
-        ])
-        .args([
             "-show_entries",
             "stream=codec_name,width,height,nb_read_frames",
-        ])
-        .arg(&path)
-        .output()
-        .expect("ffprobe");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let probe: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
     let stream = &probe["streams"][0];
     assert_eq!(stream["codec_name"], "h264", "{probe}");
     assert_eq!(stream["nb_read_frames"], "12", "{probe}");

@@ -29,7 +29,7 @@ fn job_header(capability: &str, timeout: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(job.to_string())
 }
 
-fn start_stream(gw: &Weir, capability: &str, params: Value) -> (u16, Value) {
+pub(crate) fn start_stream(gw: &Weir, capability: &str, params: Value) -> (u16, Value) {
     let r = client()
         .post(format!("{}/process/stream/start", gw.url))
         .bearer_auth(CLIENT_TOKEN)
@@ -52,12 +52,12 @@ fn stream_status(gw: &Weir, id: &str) -> Value {
 }
 
 /// Publish a 640x360 test pattern to `url` for `seconds`, in real time, in the background.
-fn publish(url: &str, seconds: u32) -> std::process::Child {
+pub(crate) fn publish(url: &str, seconds: u32) -> std::process::Child {
     ffmpeg_publish(url, seconds, true).spawn().expect("ffmpeg")
 }
 
 /// The URIs of the segments listed in the HLS output of stream `id`.
-fn listed(gw: &Weir, id: &str) -> Vec<String> {
+pub(crate) fn listed(gw: &Weir, id: &str) -> Vec<String> {
     let r = client()
         .get(format!("{}/stream/{id}/source.m3u8", gw.url))
         .send()
@@ -80,26 +80,10 @@ fn segment_height(gw: &Weir, id: &str, uri: &str) -> u64 {
     } else {
         format!("{}/stream/{id}/{uri}", gw.url)
     };
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=height",
-            "-of",
-            "json",
-        ])
-        .arg(&url)
-        .output()
-        .expect("ffprobe");
-    assert!(
-        out.status.success(),
-        "ffprobe {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = ffprobe_json(
+        &url,
+        &["-select_streams", "v:0", "-show_entries", "stream=height"],
     );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("ffprobe json");
     v["streams"][0]["height"].as_u64().expect("a video height")
 }
 

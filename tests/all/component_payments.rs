@@ -8,8 +8,8 @@ use serde_json::Value;
 use crate::component_storage::{get_bytes, image_to_image, node_with};
 use crate::support::*;
 
-/// The text object a payments query of the echo pipeline answered.
-fn answer(node: &Weir, prompt: &str) -> String {
+/// The text object the echo pipeline answered to `prompt` (a payments query, a frames test).
+pub(crate) fn answer(node: &Weir, prompt: &str) -> String {
     let (status, body, _) = image_to_image(node, "echo", prompt);
     assert_eq!(status, 200, "{prompt}: {body}");
     let url = body["images"][0]["url"].as_str().expect("url");

@@ -34,4 +34,5 @@ mod shared_ledger;
 mod support;
 mod suspension;
 mod trust;
+mod video_frames;
 mod web;

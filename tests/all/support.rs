@@ -456,6 +456,22 @@ pub fn client() -> reqwest::blocking::Client {
         .build()
         .expect("client")
 }
+/// `ffprobe -v error -of json ARGS TARGET` (a file or URL) as JSON; panics with its stderr when
+/// it fails.
+pub fn ffprobe_json(target: &str, args: &[&str]) -> Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-of", "json"])
+        .args(args)
+        .arg(target)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {target}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe json")
+}
 
 /// `ffmpeg` publishing a 640x360 test pattern with a 1 kHz tone as FLV to `url` for `seconds`,
 /// in real time (`-re`) when `realtime`.

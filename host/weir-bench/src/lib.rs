@@ -6,6 +6,7 @@
 //! (the trickle relay), `transcode` and `live` (the transcoder and live latency), `pipeline` (a
 //! model run through a pipeline component against the same model served directly).
 
+mod frames;
 mod gateway;
 mod jobs;
 mod live;
@@ -42,6 +43,9 @@ pub enum BenchCmd {
     /// A model (the ONNX upscaler) run through a pipeline component (`weir:host/models`)
     /// against the same model served directly, on the same node and images.
     Pipeline(pipeline::PipelineArgs),
+    /// A pipeline on decoded frames (`live-redact` blurring a region through
+    /// `weir:host/video`) against the `ffmpeg` CLI doing the same work on the same segment.
+    Frames(frames::FramesArgs),
     /// Durable job submits per second and their latency on SQLite and PostgreSQL against raw
     /// `INSERT`s of the same rows.
     Jobs(jobs::JobsArgs),
@@ -90,6 +94,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Gateway(args) => gateway::run(args),
         BenchCmd::Jobs(args) => jobs::run(args),
         BenchCmd::Pipeline(args) => pipeline::run(args),
+        BenchCmd::Frames(args) => frames::run(args),
         BenchCmd::Trickle(args) => trickle::run(args),
         BenchCmd::Transcode {
             seconds,

@@ -277,12 +277,12 @@ fn read_segments(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn path_str(p: &Path) -> anyhow::Result<&str> {
+pub(crate) fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("non-UTF-8 temporary path {}", p.display()))
 }
 
-fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-y"])
         .args(args)

@@ -303,8 +303,9 @@ pub(crate) async fn handle(
     }
 }
 
-/// The transcoder as components see it: `segment.probe` and `transcode.ladder` of the WIT
-/// `media`/`transcode` interfaces, so pipeline components reuse the host's FFmpeg ladder.
+/// The transcoder as components see it: `segment.probe`, `transcode.ladder` and
+/// `video.decode`/`encode` of the WIT `media`/`transcode`/`video` interfaces, so pipeline
+/// components reuse the host's FFmpeg decoder and encoders.
 pub struct GuestMedia {
     transcoder: Arc<Transcoder>,
 }
@@ -393,6 +394,55 @@ impl weir_runtime::MediaSource for GuestMedia {
                 data: r.data.to_vec().into(),
             })
             .collect())
+    }
+
+    fn decode(
+        &self,
+        segment: &weir_runtime::media::Segment,
+        frames: usize,
+        bytes: u64,
+        deadline: std::time::Instant,
+    ) -> Result<Vec<weir_runtime::video::Frame>, weir_runtime::GuestError> {
+        let room = weir_media::transcode::DecodeRoom { frames, bytes };
+        let decoded = weir_media::transcode::decode_rgb(&segment.data, room, deadline)
+            .map_err(|e| guest_error(format!("decoding segment {}: {e}", segment.seq)))?;
+        Ok(decoded
+            .into_iter()
+            .map(|f| weir_runtime::video::Frame {
+                width: f.width,
+                height: f.height,
+                format: weir_runtime::video::PixelFormat::Rgb24,
+                pts: f.pts,
+                data: f.data,
+            })
+            .collect())
+    }
+
+    fn encode(
+        &self,
+        source: &weir_runtime::media::Segment,
+        frames: &[&weir_runtime::video::Frame],
+        settings: &weir_runtime::bindings::video::EncodeSettings,
+        deadline: std::time::Instant,
+    ) -> Result<weir_runtime::media::Segment, weir_runtime::GuestError> {
+        let views: Vec<_> = frames
+            .iter()
+            .map(|f| weir_media::transcode::RgbView {
+                width: f.width,
+                height: f.height,
+                pts: f.pts,
+                data: &f.data,
+            })
+            .collect();
+        let data =
+            weir_media::transcode::encode_rgb(&source.data, &views, settings.bitrate, deadline)
+                .map_err(|e| guest_error(format!("encoding segment {}: {e}", source.seq)))?;
+        Ok(weir_runtime::media::Segment {
+            seq: source.seq,
+            duration_ms: source.duration_ms,
+            content_type: "video/mp2t".to_owned(),
+            data: data.to_vec().into(),
+        })
     }
 }
 

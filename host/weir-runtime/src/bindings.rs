@@ -16,12 +16,13 @@ mod generated {
         with: {
             "weir:host/media.blob": crate::media::Blob,
             "weir:host/media.segment": crate::media::Segment,
+            "weir:host/video.frame": crate::video::Frame,
         },
     });
 }
 
 pub use generated::weir::host::{
-    clock, config, log, media, models, payments, storage, transcode, types,
+    clock, config, log, media, models, payments, storage, transcode, types, video,
 };
 
 /// Bindings of the `router` world.
@@ -70,6 +71,7 @@ pub mod pipeline {
             "weir:host/payments": super::payments,
             "weir:host/media": super::media,
             "weir:host/transcode": super::transcode,
+            "weir:host/video": super::video,
             "weir:host/models": super::models,
             "weir:host/storage": super::storage,
         },

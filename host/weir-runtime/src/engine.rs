@@ -339,6 +339,7 @@ impl Runtime {
             },
             scope: scope.clone(),
             deadline: Instant::now() + Duration::from_millis(u64::from(limits.timeout_ms)),
+            frames: Default::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

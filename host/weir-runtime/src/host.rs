@@ -8,11 +8,12 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::types::{Error as GuestError, Param, Price};
-use crate::bindings::{clock, config, log, media, models, payments, storage, transcode};
+use crate::bindings::{clock, config, log, media, models, payments, storage, transcode, video};
 use crate::limits::Limiter;
 use crate::media::{read_range, Blob, Segment};
 use crate::models::{granted, ModelSlot};
 use crate::storage::{namespaced, ComponentStorage, StorageSlot};
+use crate::video::{Frame, FrameBudget};
 
 /// Longest guest log message kept, in bytes.
 const MAX_LOG_BYTES: usize = 4096;
@@ -57,9 +58,10 @@ impl PaymentsSource for NoLedger {
     }
 }
 
-/// Media work done by the host for components (`media.segment.probe`, `transcode.ladder`).
-/// The runtime never links FFmpeg: the orchestrator provides an implementation with
-/// [`crate::Runtime::provide_media`]; until then both calls answer `unsupported`.
+/// Media work done by the host for components (`media.segment.probe`, `transcode.ladder`,
+/// `video.decode`/`encode`). The runtime never links FFmpeg: the orchestrator provides an
+/// implementation with [`crate::Runtime::provide_media`]; until then these calls answer
+/// `unsupported`.
 pub trait MediaSource: Send + Sync {
     /// What the host knows of `segment`'s video stream (frame rate 0/1 when unknown).
     fn probe(&self, segment: &Segment) -> Result<media::VideoInfo, GuestError>;
@@ -69,6 +71,34 @@ pub trait MediaSource: Send + Sync {
         segment: &Segment,
         renditions: &[transcode::Rendition],
     ) -> Result<Vec<Segment>, GuestError>;
+    /// `segment`'s video decoded into `rgb24` frames in presentation order: at most `frames`
+    /// frames and `bytes` bytes of pixels (more is an error), by `deadline`. Blocking. A source
+    /// that cannot decode answers `unsupported` (the default).
+    fn decode(
+        &self,
+        _segment: &Segment,
+        _frames: usize,
+        _bytes: u64,
+        _deadline: Instant,
+    ) -> Result<Vec<Frame>, GuestError> {
+        Err(GuestError::Unsupported(
+            "video decoding: this node's media source does not decode frames".to_owned(),
+        ))
+    }
+    /// `frames` (`rgb24`, one size, increasing times) encoded into a segment with `source`'s
+    /// audio, sequence number and duration, by `deadline`. Blocking. A source that cannot
+    /// encode answers `unsupported` (the default).
+    fn encode(
+        &self,
+        _source: &Segment,
+        _frames: &[&Frame],
+        _settings: &video::EncodeSettings,
+        _deadline: Instant,
+    ) -> Result<Segment, GuestError> {
+        Err(GuestError::Unsupported(
+            "video encoding: this node's media source does not encode frames".to_owned(),
+        ))
+    }
 }
 
 /// Where a component finds the node's media source (set once, possibly after it loaded).
@@ -103,6 +133,8 @@ pub struct HostState {
     pub(crate) scope: ComponentScope,
     /// When the call in progress runs out of time (set by every call).
     pub(crate) deadline: Instant,
+    /// The frames this instance holds (`weir:host/video`).
+    pub(crate) frames: FrameBudget,
 }
 
 impl WasiView for HostState {
@@ -136,7 +168,7 @@ impl HostState {
     }
 }
 
-fn unsupported<T>(what: &str) -> wasmtime::Result<Result<T, GuestError>> {
+pub(crate) fn unsupported<T>(what: &str) -> wasmtime::Result<Result<T, GuestError>> {
     Ok(Err(GuestError::Unsupported(format!(
         "{what} is not available on this node yet"
     ))))

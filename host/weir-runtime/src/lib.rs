@@ -39,6 +39,7 @@ pub mod models;
 mod progress;
 mod registry;
 pub mod storage;
+pub mod video;
 
 pub use bindings::pipeline::exports::weir::host::pipeline_handler::StreamInfo;
 pub use bindings::pricing::exports::weir::host::quoting::{QuoteContext, Role};

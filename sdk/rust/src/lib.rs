@@ -28,7 +28,7 @@ pub mod host {
     });
 }
 
-pub use host::weir::host::{clock, log, media, models, payments, storage, transcode, types};
+pub use host::weir::host::{clock, log, media, models, payments, storage, transcode, types, video};
 
 /// The `router` world: export `weir:host/routing.select(request, candidates) -> ranked indices`.
 pub mod router {
@@ -83,6 +83,7 @@ pub mod pipeline {
             "weir:host/payments@0.1.0": crate::host::weir::host::payments,
             "weir:host/media@0.1.0": crate::host::weir::host::media,
             "weir:host/transcode@0.1.0": crate::host::weir::host::transcode,
+            "weir:host/video@0.1.0": crate::host::weir::host::video,
             "weir:host/models@0.1.0": crate::host::weir::host::models,
             "weir:host/storage@0.1.0": crate::host::weir::host::storage,
         },

@@ -21,11 +21,13 @@ use crate::profile::{validate_ladder, Profile, ProfileError};
 mod input;
 mod output;
 mod probe;
+mod rgb;
 mod scale;
 
 use input::Job;
 use output::Output;
 pub use probe::probe;
+pub use rgb::{decode_rgb, encode_rgb, DecodeRoom, RgbFrame, RgbView, MAX_SIDE};
 pub(crate) use scale::ToYuv420;
 
 /// The x264 presets accepted in [`TranscodeOptions::preset`].

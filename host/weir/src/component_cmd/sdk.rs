@@ -27,6 +27,7 @@ pub(super) const WIT: &[SdkFile] = &[
     sdk_file!("wit/host.wit"),
     sdk_file!("wit/media.wit"),
     sdk_file!("wit/types.wit"),
+    sdk_file!("wit/video.wit"),
     sdk_file!("wit/worlds.wit"),
 ];
 

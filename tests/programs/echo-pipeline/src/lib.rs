@@ -16,6 +16,10 @@
 //! `weir:host/payments` reports them; `price:URL` answers `price=P/U CURRENCY`, the current
 //! price of orchestrator URL for the job's capability and model.
 //!
+//! Frames: `hoard:WxH` makes `W`×`H` RGB frames with `weir:host/video` and keeps them until
+//! the host refuses one, then answers `text/plain` `made N frames: ERROR` (the frames are
+//! dropped as the call returns).
+//!
 //! Models: `model:CAPABILITY/MODEL` runs that model of the node (`weir:host/models.invoke`)
 //! on the job's inputs with the prompt `weir` and answers its outputs; a model error is the
 //! job's error.
@@ -42,6 +46,28 @@ fn store(key: &str, job: Job) -> Result<JobOutput, Error> {
     let back = weir_sdk::storage::get(key)?;
     Ok(JobOutput {
         blobs: vec![back, Blob::new("text/plain", url.as_bytes())],
+        params: Vec::new(),
+    })
+}
+
+/// `hoard:WxH`: make frames until the host refuses one; say how many and why.
+fn hoard(size: &str) -> Result<JobOutput, Error> {
+    use weir_sdk::video::{Color, Frame, PixelFormat};
+    let (w, h) = size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .ok_or_else(|| Error::InvalidRequest(format!("hoard: {size:?} is not WxH")))?;
+    let black = Color { r: 0, g: 0, b: 0 };
+    let mut held = Vec::new();
+    let refused = loop {
+        match Frame::filled(w, h, PixelFormat::Rgb24, black) {
+            Ok(frame) => held.push(frame),
+            Err(e) => break e,
+        }
+    };
+    let text = format!("made {} frames: {refused:?}", held.len());
+    Ok(JobOutput {
+        blobs: vec![Blob::new("text/plain", text.as_bytes())],
         params: Vec::new(),
     })
 }
@@ -89,6 +115,9 @@ impl Guest for Echo {
                 blobs: out.blobs,
                 params: out.params,
             });
+        }
+        if let Some(size) = prompt.as_deref().and_then(|p| p.strip_prefix("hoard:")) {
+            return hoard(size);
         }
         if let Some(key) = prompt.as_deref().and_then(|p| p.strip_prefix("fetch:")) {
             return Ok(JobOutput {
