@@ -77,6 +77,30 @@ fn a_pipeline_runs_a_granted_model_and_is_refused_one_it_was_not_granted() {
 }
 
 #[test]
+fn a_frame_goes_through_a_model_and_back_as_handles() {
+    let node = node();
+    let prompt = format!("framemodel:upscale/{UPSCALE_MODEL}");
+    let (status, body, png) = image_to_image(&node, "granted", &prompt);
+    assert_eq!(status, 200, "{body}");
+    let (w, h) = png_size(&png);
+    // The frame made from the model's output is the input upscaled, and comes back as a PNG.
+    let (status, text) = get_bytes(body["images"][1]["url"].as_str().expect("text url"));
+    assert_eq!(status, 200);
+    let sizes = String::from_utf8(text).expect("utf-8");
+    assert_eq!(sizes, format!("{w}x{h} -> {}x{}", 2 * w, 2 * h));
+    let (status, out) = get_bytes(body["images"][0]["url"].as_str().expect("image url"));
+    assert_eq!(status, 200);
+    assert_eq!(png_size(&out), (2 * w, 2 * h));
+    // A component without the grant cannot reach the model through a frame either.
+    let (status, body, _) = image_to_image(&node, "denied", &prompt);
+    assert!((500..600).contains(&status), "{status}: {body}");
+    assert!(
+        body.to_string().contains("may not run model upscale/"),
+        "{body}"
+    );
+}
+
+#[test]
 fn a_model_that_does_not_answer_in_its_timeout_fails_the_pipelines_call_with_the_cause() {
     // A remote text-to-image runner that holds every request, configured with a 1 s timeout.
     let script = crate::failover::Script::holding();

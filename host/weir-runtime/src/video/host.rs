@@ -4,12 +4,13 @@ use std::borrow::Cow;
 
 use wasmtime::component::Resource;
 
+use super::image::{frame_from_image, frame_to_png};
 use super::ops::clip;
 use super::{check_size, Frame, PixelFormat, Rgb};
 use crate::bindings::types::Error as GuestError;
 use crate::bindings::video::{self, Color, EncodeSettings, Rect};
 use crate::host::{unsupported, HostState};
-use crate::media::Segment;
+use crate::media::{Blob, Segment};
 
 /// The answer of a host call that may fail for the guest.
 type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
@@ -119,6 +120,24 @@ impl video::HostFrame for HostState {
             return Ok(Err(e));
         }
         self.push_frame(Frame::filled(width, height, format, fill.into()))
+    }
+
+    fn from_image(&mut self, image: Resource<Blob>) -> Answer<Resource<Frame>> {
+        let blob = self.table.get(&image)?.clone();
+        match frame_from_image(&blob.data) {
+            Ok(frame) => self.push_frame(frame),
+            Err(e) => invalid(e),
+        }
+    }
+
+    fn to_image(&mut self, this: Resource<Frame>) -> Answer<Resource<Blob>> {
+        match frame_to_png(self.table.get(&this)?) {
+            Ok(png) => Ok(Ok(self.push_blob(Blob {
+                content_type: "image/png".to_owned(),
+                data: png.into(),
+            })?)),
+            Err(e) => invalid(e),
+        }
     }
 
     fn width(&mut self, this: Resource<Frame>) -> wasmtime::Result<u32> {

@@ -8,6 +8,7 @@
 //! FFmpeg); the pixel operations are in [`ops`].
 
 mod host;
+mod image;
 pub(crate) mod ops;
 
 use crate::bindings::video::Color;

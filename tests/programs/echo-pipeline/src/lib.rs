@@ -20,6 +20,11 @@
 //! the host refuses one, then answers `text/plain` `made N frames: ERROR` (the frames are
 //! dropped as the call returns).
 //!
+//! Frames through a model: `framemodel:CAPABILITY/MODEL` makes a frame from the first input
+//! (`frame.from-image`), sends it to that model as an image (`frame.to-image`, `models.invoke`)
+//! and makes a frame of its first output; it answers that frame as an image, then `text/plain`
+//! `WxH -> WxH` (the two frames' sizes). The guest only holds handles.
+//!
 //! Models: `model:CAPABILITY/MODEL` runs that model of the node (`weir:host/models.invoke`)
 //! on the job's inputs with the prompt `weir` and answers its outputs; a model error is the
 //! job's error.
@@ -46,6 +51,37 @@ fn store(key: &str, job: Job) -> Result<JobOutput, Error> {
     let back = weir_sdk::storage::get(key)?;
     Ok(JobOutput {
         blobs: vec![back, Blob::new("text/plain", url.as_bytes())],
+        params: Vec::new(),
+    })
+}
+
+/// `framemodel:CAPABILITY/MODEL`: the first input as a frame, through the model and back.
+fn frame_model(target: &str, job: &Job) -> Result<JobOutput, Error> {
+    use weir_sdk::video::Frame;
+    let (capability, model) = target.split_once('/').unwrap_or((target, ""));
+    let Some(first) = job.inputs.first() else {
+        return Err(Error::InvalidRequest("framemodel: no input image".into()));
+    };
+    let frame = Frame::from_image(first)?;
+    let image = frame.to_image()?;
+    let prompt = Param {
+        name: "prompt".into(),
+        value: ParamValue::Text("weir".into()),
+    };
+    let out = weir_sdk::models::invoke(capability, model, &[prompt], &[&image])?;
+    let Some(result) = out.blobs.first() else {
+        return Err(Error::Internal(format!("{target} answered no image")));
+    };
+    let back = Frame::from_image(result)?;
+    let text = format!(
+        "{}x{} -> {}x{}",
+        frame.width(),
+        frame.height(),
+        back.width(),
+        back.height()
+    );
+    Ok(JobOutput {
+        blobs: vec![back.to_image()?, Blob::new("text/plain", text.as_bytes())],
         params: Vec::new(),
     })
 }
@@ -115,6 +151,12 @@ impl Guest for Echo {
                 blobs: out.blobs,
                 params: out.params,
             });
+        }
+        if let Some(target) = prompt
+            .as_deref()
+            .and_then(|p| p.strip_prefix("framemodel:"))
+        {
+            return frame_model(target, &job);
         }
         if let Some(size) = prompt.as_deref().and_then(|p| p.strip_prefix("hoard:")) {
             return hoard(size);
