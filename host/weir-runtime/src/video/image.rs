@@ -6,7 +6,7 @@ use std::io::Cursor;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder, ImageReader, Limits};
 
-use super::{Frame, PixelFormat, MAX_SIDE};
+use super::{check_size, Frame, PixelFormat, MAX_SIDE};
 
 /// The most memory decoding one image may take (a 4096×4096 RGBA image and change).
 const MAX_DECODE_BYTES: u64 = 80 << 20;
@@ -25,6 +25,15 @@ pub(crate) fn frame_from_image(bytes: &[u8]) -> Result<Frame, String> {
         format!("from-image: not a PNG, JPEG or WebP image within {MAX_SIDE}x{MAX_SIDE}: {e}")
     })?;
     let rgb = decoded.into_rgb8();
+    // Every operation assumes a frame has pixels; an image format that allows an empty
+    // picture must not make one.
+    check_size(rgb.width(), rgb.height()).map_err(|_| {
+        format!(
+            "from-image: the image is {}x{}, not 1..={MAX_SIDE} pixels on a side",
+            rgb.width(),
+            rgb.height()
+        )
+    })?;
     Ok(Frame {
         width: rgb.width(),
         height: rgb.height(),
