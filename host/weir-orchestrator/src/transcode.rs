@@ -441,7 +441,7 @@ impl weir_runtime::MediaSource for GuestMedia {
             seq: source.seq,
             duration_ms: source.duration_ms,
             content_type: "video/mp2t".to_owned(),
-            data: data.to_vec().into(),
+            data: data.into(),
         })
     }
 }

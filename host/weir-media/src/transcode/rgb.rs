@@ -9,7 +9,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use bytes::Bytes;
 use ff::format::Pixel;
 use ff::software::scaling;
 use ff::{codec, encoder, frame, media, Packet, Rational};
@@ -291,7 +290,7 @@ pub fn encode_rgb(
     frames: &[RgbView<'_>],
     bitrate: u32,
     deadline: Instant,
-) -> Result<Bytes, TranscodeError> {
+) -> Result<Vec<u8>, TranscodeError> {
     init_ffmpeg()?;
     let (w, h) = check_frames(frames)?;
     let dir = spill(source)?;
@@ -345,7 +344,7 @@ pub fn encode_rgb(
         .write_trailer()
         .map_err(ffe("finishing the MPEG-TS output"))?;
     drop(out);
-    Ok(Bytes::from(std::fs::read(out_path)?))
+    Ok(std::fs::read(out_path)?)
 }
 
 /// The muxer, the encoder and the source's audio of one [`encode_rgb`].
